@@ -1,0 +1,74 @@
+"""The boundary between the controller and miners: a small driver protocol.
+
+A driver never raises for one bad miner: every outcome, including timeouts and
+garbage replies, comes back as a typed value the controller can count.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Protocol
+
+
+@dataclass(frozen=True, slots=True)
+class MinerState:
+    """One read of one miner. None means "the miner did not say"."""
+
+    miner_id: str
+    reachable: bool
+    read_at_seconds: float  # monotonic clock of the controller
+    is_mining: bool | None = None  # derived from hashrate/draw where firmware does not report it
+    watts: float | None = None  # measured (firmware-reported) draw
+    power_limit_watts: float | None = None
+    hashrate_ths: float | None = None
+    temperature_c: float | None = None
+    fan_rpm: tuple[int, ...] = ()
+    uptime_seconds: float | None = None
+    hostname: str | None = None
+    mac: str | None = None
+    errors: tuple[str, ...] = ()
+    error: str | None = None  # why the read failed (reachable=False)
+
+
+class CommandKind(StrEnum):
+    SET_POWER_LIMIT = "set_power_limit"
+    STOP = "stop"
+    RESUME = "resume"
+
+
+class CommandOutcome(StrEnum):
+    OK = "ok"  # sent and verified by readback
+    REJECTED = "rejected"  # the miner (or pyasic) said no
+    UNVERIFIED = "unverified"  # acknowledged, but readback does not show it
+    TIMEOUT = "timeout"
+    ERROR = "error"  # unreachable, garbage reply, unexpected exception
+
+
+@dataclass(frozen=True, slots=True)
+class CommandResult:
+    miner_id: str
+    kind: CommandKind
+    outcome: CommandOutcome
+    latency_seconds: float
+    requested_watts: int | None = None
+    detail: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return self.outcome is CommandOutcome.OK
+
+
+class MinerDriver(Protocol):
+    """What the controller needs from one miner."""
+
+    @property
+    def miner_id(self) -> str: ...
+
+    async def read_state(self) -> MinerState: ...
+
+    async def set_power_limit(self, watts: int) -> CommandResult: ...
+
+    async def stop(self) -> CommandResult: ...
+
+    async def resume(self) -> CommandResult: ...
