@@ -8,7 +8,13 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
-from controller.config import DEFAULT_CONFIG_PATH, EX_CONFIG, ConfigError, HashgovConfig, load_config
+from controller.config import (
+    DEFAULT_CONFIG_PATH,
+    EX_CONFIG,
+    ConfigError,
+    HashgovConfig,
+    load_config,
+)
 
 
 def load_or_exit(path: Path, console: Console | None = None) -> HashgovConfig:
@@ -16,7 +22,9 @@ def load_or_exit(path: Path, console: Console | None = None) -> HashgovConfig:
     try:
         return load_config(path)
     except ConfigError as exc:
-        (console or Console(stderr=True, soft_wrap=True)).print(exc.render(), markup=False, highlight=False)
+        (console or Console(stderr=True, soft_wrap=True)).print(
+            exc.render(), markup=False, highlight=False
+        )
         raise typer.Exit(EX_CONFIG) from None
 
 
@@ -44,7 +52,9 @@ def summary_lines(config: HashgovConfig) -> list[str]:
     )
     for (model, firmware), count in sorted(by_model.items()):
         lines.append(f"  {count:>6} x {model} ({firmware})")
-    lines.append(f"metrics   {'http://' + config.metrics.listen + ':' + str(config.metrics.port) + '/metrics' if config.metrics.enabled else 'off'}")
+    metrics = config.metrics
+    url = f"http://{metrics.listen}:{metrics.port}/metrics" if metrics.enabled else "off"
+    lines.append(f"metrics   {url}")
     return lines
 
 

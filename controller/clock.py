@@ -30,7 +30,9 @@ class SystemClock:
 class ManualClock:
     """A clock tests move by hand; sleepers wake when time passes their deadline."""
 
-    def __init__(self, start_monotonic: float = 1_000.0, start_wall: float = 1_700_000_000.0) -> None:
+    def __init__(
+        self, start_monotonic: float = 1_000.0, start_wall: float = 1_700_000_000.0
+    ) -> None:
         self._mono = start_monotonic
         self._wall_offset = start_wall - start_monotonic
         self._sleepers: list[tuple[float, asyncio.Future[None]]] = []

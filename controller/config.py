@@ -10,6 +10,7 @@ exposed to the core in watts through properties.
 from __future__ import annotations
 
 import ipaddress
+import itertools
 import tomllib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -61,6 +62,8 @@ class SiteConfig(_Strict):
     on_shutdown: Literal["leave", "sleep"] = "leave"
     state_dir: Path = Path("/var/lib/hashgov")
     meter_gap_alert_kw: NonNegFloat = 50.0
+    # true when the site meter also measures the other loads on the grant
+    meter_includes_other_loads: bool = False
 
     @model_validator(mode="after")
     def _fail_safe_within_cap(self) -> SiteConfig:
@@ -231,13 +234,13 @@ class ModelConfig(_Strict):
         curve = self.hashrate_curve
         if len(curve) < 2:
             raise ValueError("hashrate_curve needs at least two (watts, ths) points")
-        for (w0, h0), (w1, h1) in zip(curve, curve[1:], strict=False):
+        for (w0, h0), (w1, h1) in itertools.pairwise(curve):
             if w1 <= w0:
                 raise ValueError("hashrate_curve watts must strictly increase")
             if h1 < h0:
                 raise ValueError("hashrate_curve TH/s must not decrease as watts rise")
-        slopes = [(h1 - h0) / (w1 - w0) for (w0, h0), (w1, h1) in zip(curve, curve[1:], strict=False)]
-        for s0, s1 in zip(slopes, slopes[1:], strict=False):
+        slopes = [(h1 - h0) / (w1 - w0) for (w0, h0), (w1, h1) in itertools.pairwise(curve)]
+        for s0, s1 in itertools.pairwise(slopes):
             if s1 > s0 * (1 + 1e-9) + 1e-12:
                 raise ValueError(
                     "hashrate_curve must be concave (TH per extra watt must not grow with power)"
@@ -274,7 +277,7 @@ class ModelConfig(_Strict):
         curve = self.hashrate_curve
         if watts <= curve[0][0]:
             return curve[0][1] * max(watts, 0.0) / curve[0][0]
-        for (w0, h0), (w1, h1) in zip(curve, curve[1:], strict=False):
+        for (w0, h0), (w1, h1) in itertools.pairwise(curve):
             if watts <= w1:
                 return h0 + (h1 - h0) * (watts - w0) / (w1 - w0)
         return curve[-1][1]
@@ -472,9 +475,13 @@ def _read_toml(path: Path) -> dict[str, Any]:
         with path.open("rb") as fh:
             return tomllib.load(fh)
     except FileNotFoundError:
-        raise ConfigError(str(path), [ConfigProblem("(file)", _MISSING, "file not found")]) from None
+        raise ConfigError(
+            str(path), [ConfigProblem("(file)", _MISSING, "file not found")]
+        ) from None
     except PermissionError:
-        raise ConfigError(str(path), [ConfigProblem("(file)", _MISSING, "permission denied")]) from None
+        raise ConfigError(
+            str(path), [ConfigProblem("(file)", _MISSING, "permission denied")]
+        ) from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(str(path), [ConfigProblem("(syntax)", _MISSING, str(exc))]) from None
 
@@ -493,7 +500,9 @@ def load_inventory(path: Path) -> list[dict[str, Any]]:
     return miners
 
 
-def parse_config(data: dict[str, Any], source: str = "<config>", base_dir: Path | None = None) -> HashgovConfig:
+def parse_config(
+    data: dict[str, Any], source: str = "<config>", base_dir: Path | None = None
+) -> HashgovConfig:
     """Validate a config mapping; inventory files are read relative to base_dir."""
     data = dict(data)
     fleet = data.get("fleet")
@@ -509,7 +518,9 @@ def parse_config(data: dict[str, Any], source: str = "<config>", base_dir: Path 
                 merged.extend(load_inventory(inv_path))
             except ConfigError as exc:
                 problems += [
-                    ConfigProblem(f"fleet.inventory_files[{i}] {exc.source}: {p.location}", p.value, p.message)
+                    ConfigProblem(
+                        f"fleet.inventory_files[{i}] {exc.source}: {p.location}", p.value, p.message
+                    )
                     for p in exc.problems
                 ]
         fleet["miners"] = merged

@@ -35,6 +35,8 @@ class MinerView:
     pinned: bool = False
     excluded: bool = False
     verified: bool = True  # False: the last command was not confirmed by readback
+    # a raise is in flight: the miner may already be heading for this draw
+    pending_watts: float | None = None
 
     @property
     def is_on(self) -> bool:
@@ -46,8 +48,28 @@ class MinerView:
         return (
             not self.excluded
             and self.verified
-            and self.status not in (MinerStatus.UNREACHABLE, MinerStatus.UNRESPONSIVE, MinerStatus.EXCLUDED)
+            and self.status
+            not in (MinerStatus.UNREACHABLE, MinerStatus.UNRESPONSIVE, MinerStatus.EXCLUDED)
         )
+
+    @property
+    def assumed_watts(self) -> float:
+        """Draw the controller should assume now: reported draw, but never below the
+        working target of a miner that is on (it may still be ramping up), and the
+        worst case for one we cannot read or trust."""
+        if self.excluded:
+            return (
+                self.measured_watts
+                if self.measured_watts is not None
+                else float(self.model.nameplate_watts)
+            )
+        if not self.controllable:
+            return self.worst_case_watts
+        measured = max(self.measured_watts or 0.0, self.pending_watts or 0.0)
+        if self.is_on:
+            target = self.power_limit_watts or self.model.max_target_watts
+            return max(measured, float(target))
+        return max(measured, float(self.model.sleep_watts))
 
     @property
     def worst_case_watts(self) -> float:
@@ -62,3 +84,6 @@ class FleetState:
 
     def by_id(self) -> dict[str, MinerView]:
         return {m.miner_id: m for m in self.miners}
+
+    def assumed_watts(self) -> float:
+        return sum(m.assumed_watts for m in self.miners)

@@ -53,6 +53,8 @@ class CommandResult:
     latency_seconds: float
     requested_watts: int | None = None
     detail: str = ""
+    # set_power_limit: the limit the miner reads back (LuxOS quantises to a profile)
+    applied_watts: int | None = None
 
     @property
     def ok(self) -> bool:

@@ -1,0 +1,256 @@
+"""The actuator: turns the difference between a Plan and the fleet into driver calls.
+
+Sheds go first and are never queued behind raises: each new plan's sheds start
+at once, while raises of a superseded plan that have not started are dropped.
+Commands to one miner run in order (set the target, then resume); different
+miners run concurrently up to a bound. A miner whose command failed is backed
+off rather than hammered every control period.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Coroutine, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import structlog
+
+from controller.clock import Clock
+from controller.fleet import FleetState, MinerView
+from controller.policy import Plan
+from drivers.base import CommandKind, CommandOutcome, CommandResult, MinerDriver
+
+log = structlog.get_logger("hashgov.actuator")
+
+# Backoff after a failed command to one miner: first, then doubling up to the cap.
+RETRY_BACKOFF_SECONDS = 5.0
+RETRY_BACKOFF_CAP_SECONDS = 120.0
+
+
+@dataclass(frozen=True, slots=True)
+class Command:
+    miner_id: str
+    kind: CommandKind
+    watts: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class MinerCommands:
+    """What one miner must do to follow the plan, in order; sheds lower its draw."""
+
+    miner_id: str
+    steps: tuple[Command, ...]
+    sheds: bool
+    pending_watts: float | None = None  # the draw a raise may lead to while in flight
+
+
+def commands_for(plan: Plan, fleet: FleetState) -> list[MinerCommands]:
+    """The commands that move the fleet from its state to the plan."""
+    views = fleet.by_id()
+    out: list[MinerCommands] = []
+    for mp in plan.miners:
+        view = views.get(mp.miner_id)
+        if view is None or mp.action == "leave" or not view.controllable:
+            continue
+        steps = _steps(view, mp.action, mp.target_watts)
+        if steps:
+            work = MinerCommands(mp.miner_id, steps, sheds=_sheds(view, mp.action, mp.target_watts))
+            pending = pending_watts_of(work, view.model.max_target_watts)
+            out.append(MinerCommands(work.miner_id, steps, work.sheds, pending))
+    return out
+
+
+def _steps(view: MinerView, action: str, target_watts: int | None) -> tuple[Command, ...]:
+    mid = view.miner_id
+    if action == "sleep":
+        return (Command(mid, CommandKind.STOP),) if view.is_on else ()
+    if action != "run":
+        return ()
+    target = target_watts if target_watts is not None else view.model.max_target_watts
+    set_limit = Command(mid, CommandKind.SET_POWER_LIMIT, target)
+    if not view.is_on:
+        # set the target first so the miner boots straight to it
+        first = (set_limit,) if view.power_limit_watts != target else ()
+        return (*first, Command(mid, CommandKind.RESUME))
+    return (set_limit,) if view.power_limit_watts != target else ()
+
+
+def _sheds(view: MinerView, action: str, target_watts: int | None) -> bool:
+    if action == "sleep":
+        return True
+    if not view.is_on:
+        return False
+    current = (
+        view.power_limit_watts
+        if view.power_limit_watts is not None
+        else view.model.max_target_watts
+    )
+    return target_watts is not None and target_watts < current
+
+
+ResultSink = Callable[[CommandResult], None]
+
+
+class CommandObserver(Protocol):
+    """Told when a miner's commands start and finish (the tracker assumes the
+    higher draw while a raise is in flight, so the meter check sees no phantom gap)."""
+
+    def commands_started(self, miner_id: str, pending_watts: float) -> None: ...
+
+    def commands_finished(self, miner_id: str) -> None: ...
+
+
+def pending_watts_of(work: MinerCommands, max_target_watts: int) -> float | None:
+    """The draw a miner may head for while these commands run; None for a pure shed."""
+    if work.sheds:
+        return None
+    targets = [
+        s.watts for s in work.steps if s.kind is CommandKind.SET_POWER_LIMIT and s.watts is not None
+    ]
+    return float(max(targets)) if targets else float(max_target_watts)
+
+
+class Actuator:
+    def __init__(
+        self,
+        drivers: Mapping[str, MinerDriver],
+        clock: Clock,
+        *,
+        max_concurrency: int,
+        on_result: ResultSink,
+        observer: CommandObserver | None = None,
+        dry_run: bool = False,
+    ) -> None:
+        self._observer = observer
+        self._drivers = drivers
+        self._clock = clock
+        self._sem = asyncio.Semaphore(max_concurrency)
+        self._on_result = on_result
+        self.dry_run = dry_run
+        self._generation = 0
+        self._in_flight: set[str] = set()
+        self._backoff_until: dict[str, float] = {}
+        self._failures: dict[str, int] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.would_send: list[Command] = []  # shadow mode: the last plan's commands
+
+    def set_drivers(self, drivers: Mapping[str, MinerDriver]) -> None:
+        self._drivers = drivers
+
+    @property
+    def busy_miners(self) -> frozenset[str]:
+        return frozenset(self._in_flight)
+
+    def submit(self, work: Sequence[MinerCommands]) -> int:
+        """Start a plan's commands: sheds now, raises after every shed of this plan
+        finished (unless a newer plan superseded them). Returns commands started."""
+        self._generation += 1
+        generation = self._generation
+        now = self._clock.monotonic()
+        ready = [
+            w
+            for w in work
+            if w.miner_id not in self._in_flight and self._backoff_until.get(w.miner_id, 0.0) <= now
+        ]
+        if self.dry_run:
+            self.would_send = [step for w in ready for step in w.steps]
+            return 0
+        sheds = [w for w in ready if w.sheds]
+        raises = [w for w in ready if not w.sheds]
+        for w in ready:
+            self._in_flight.add(w.miner_id)
+            if self._observer is not None and w.pending_watts is not None:
+                self._observer.commands_started(w.miner_id, w.pending_watts)
+        shed_tasks = [self._spawn(self._run_miner(w)) for w in sheds]
+        if raises:
+            self._spawn(self._raise_after(shed_tasks, raises, generation))
+        return len(ready)
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    async def _raise_after(
+        self, shed_tasks: list[asyncio.Task[None]], raises: list[MinerCommands], generation: int
+    ) -> None:
+        if shed_tasks:
+            await asyncio.gather(*shed_tasks, return_exceptions=True)
+        if generation != self._generation:
+            # a newer plan exists: it re-decides these raises from fresher state
+            for w in raises:
+                self._finished(w.miner_id)
+            return
+        await asyncio.gather(*(self._run_miner(w) for w in raises), return_exceptions=True)
+
+    async def _run_miner(self, work: MinerCommands) -> None:
+        try:
+            async with self._sem:
+                for step in work.steps:
+                    result = await self._send(step)
+                    self._record(result)
+                    if not result.ok and result.outcome is not CommandOutcome.UNVERIFIED:
+                        break  # do not resume a miner whose target could not be set, etc.
+        finally:
+            self._finished(work.miner_id)
+
+    def _finished(self, miner_id: str) -> None:
+        self._in_flight.discard(miner_id)
+        if self._observer is not None:
+            self._observer.commands_finished(miner_id)
+
+    async def _send(self, cmd: Command) -> CommandResult:
+        driver = self._drivers.get(cmd.miner_id)
+        if driver is None:
+            return CommandResult(
+                cmd.miner_id, cmd.kind, CommandOutcome.ERROR, 0.0, cmd.watts, "no driver"
+            )
+        try:
+            if cmd.kind is CommandKind.STOP:
+                return await driver.stop()
+            if cmd.kind is CommandKind.RESUME:
+                return await driver.resume()
+            assert cmd.watts is not None
+            return await driver.set_power_limit(cmd.watts)
+        except Exception as exc:  # drivers must not raise; if one does, it is one miner's problem
+            log.error("driver_raised", miner=cmd.miner_id, kind=str(cmd.kind), error=repr(exc))
+            return CommandResult(
+                cmd.miner_id, cmd.kind, CommandOutcome.ERROR, 0.0, cmd.watts, "driver raised"
+            )
+
+    def _record(self, result: CommandResult) -> None:
+        mid = result.miner_id
+        if result.ok or result.outcome is CommandOutcome.UNVERIFIED:
+            self._failures.pop(mid, None)
+            self._backoff_until.pop(mid, None)
+        else:
+            n = self._failures.get(mid, 0) + 1
+            self._failures[mid] = n
+            delay = min(RETRY_BACKOFF_SECONDS * 2 ** (n - 1), RETRY_BACKOFF_CAP_SECONDS)
+            self._backoff_until[mid] = self._clock.monotonic() + delay
+        log.info(
+            "command",
+            miner=mid,
+            kind=str(result.kind),
+            outcome=str(result.outcome),
+            watts=result.requested_watts,
+            latency_s=round(result.latency_seconds, 3),
+            detail=result.detail or None,
+        )
+        self._on_result(result)
+
+    async def drain(self) -> None:
+        """Wait for every command in flight (used on shutdown and in tests)."""
+        while self._tasks:
+            await asyncio.gather(*list(self._tasks), return_exceptions=True)
+
+    async def stop_all(self, miner_ids: Sequence[str]) -> list[CommandResult]:
+        """Sleep the given miners (shutdown with on_shutdown = "sleep")."""
+        results = await asyncio.gather(
+            *(self._send(Command(m, CommandKind.STOP)) for m in miner_ids)
+        )
+        for r in results:
+            self._record(r)
+        return list(results)

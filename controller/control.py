@@ -1,0 +1,241 @@
+"""The control loop: budget → fleet view → plan → commands, on a period and on
+every budget drop.
+
+One iteration is synchronous and cheap (the policy is pure); actuation runs
+in the background (controller.actuator), so a slow miner never delays the next
+decision. A budget drop wakes the loop at once; rises wait for the period (the
+policy's ramp and hysteresis pace them anyway).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import structlog
+
+from controller.actuator import Actuator, MinerCommands, commands_for
+from controller.budget import Budget, BudgetKeeper, compute_budget, meter_correction
+from controller.clock import Clock
+from controller.config import HashgovConfig
+from controller.fleet import FleetState
+from controller.operator import OperatorState
+from controller.policy import Plan, plan
+from controller.telemetry import Reading, Rejection, TelemetryStore
+from controller.tracker import FleetTracker
+
+log = structlog.get_logger("hashgov.control")
+
+# An unexplained meter excess is applied at once and released over this long,
+# so a miner that under-reports keeps the fleet shed instead of oscillating.
+METER_RELEASE_SECONDS = 60.0
+# Non-urgent wake-ups (operator commands, reloads) are spaced at least this far apart.
+MIN_ITERATION_SPACING_SECONDS = 0.2
+
+
+class MeterFilter:
+    """Fast attack, slow release on the meter-minus-model gap."""
+
+    def __init__(self) -> None:
+        self.correction_watts = 0.0
+        self._at: float | None = None
+
+    def update(self, gap_watts: float | None, now_seconds: float) -> float:
+        dt = 0.0 if self._at is None else max(0.0, now_seconds - self._at)
+        self._at = now_seconds
+        decayed = self.correction_watts * max(0.0, 1.0 - dt / METER_RELEASE_SECONDS)
+        self.correction_watts = max(decayed, gap_watts or 0.0, 0.0)
+        return self.correction_watts
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """One iteration's figures, for metrics, status and logs."""
+
+    at_seconds: float
+    budget: Budget
+    operator_cap_watts: float | None
+    capped_budget_watts: float  # the budget after the operator's cap
+    effective_budget_watts: float  # what the policy planned against (after the meter check)
+    meter_watts: float | None
+    model_watts: float
+    meter_gap_watts: float | None
+    meter_correction_watts: float
+    plan: Plan
+    fleet: FleetState
+    commands: tuple[MinerCommands, ...]
+    paused: bool
+    duration_seconds: float
+
+
+class ControlLoop:
+    def __init__(
+        self,
+        config: HashgovConfig,
+        store: TelemetryStore,
+        tracker: FleetTracker,
+        actuator: Actuator,
+        clock: Clock,
+        *,
+        operator: Callable[[], OperatorState],
+        on_decision: Callable[[Decision], None],
+    ) -> None:
+        self.config = config
+        self._store = store
+        self._tracker = tracker
+        self._actuator = actuator
+        self._clock = clock
+        self._operator = operator
+        self._on_decision = on_decision
+        self._budgets = BudgetKeeper(config.site)
+        self._meter = MeterFilter()
+        self._wake = asyncio.Event()
+        self._urgent = False
+        self.previous_plan: Plan | None = None
+        self.last: Decision | None = None
+        self.fleet_read = asyncio.Event()  # set after the first fleet poll: act only then
+        self._last_iteration_at = -float("inf")
+
+    def reconfigure(self, config: HashgovConfig) -> None:
+        self.config = config
+        self._budgets.site = config.site
+
+    # ------------------------------------------------------------- wake-ups
+
+    def wake(self, urgent: bool = False) -> None:
+        self._urgent = self._urgent or urgent
+        self._wake.set()
+
+    def on_telemetry(self, item: Reading | Rejection) -> None:
+        """Called for every sample: a drop in budget or a meter above it wakes us now."""
+        if not isinstance(item, Reading) or self.last is None:
+            return
+        if item.kind == "site_meter":
+            if item.watts > self.last.effective_budget_watts:
+                self.wake(urgent=True)
+            return
+        budget = compute_budget(
+            self.config.site, self._store, self._clock.monotonic(), previous=self._budgets.last
+        )
+        if budget.watts < self.last.budget.watts:
+            self.wake(urgent=True)
+        # a rise waits for the period: the ramp paces raises anyway, and a telemetry
+        # flood must not turn into a planning flood
+
+    def _next_deadline_seconds(self, now: float) -> float:
+        """When the surplus goes stale or grace ends: wake then even if nothing arrives."""
+        period = self.config.site.control_period_seconds
+        budget = self._budgets.last
+        if budget is None or budget.surplus_age_seconds is None:
+            return now + period
+        site = self.config.site
+        age = budget.surplus_age_seconds + (now - (self.last.at_seconds if self.last else now))
+        for edge in (site.stale_after_seconds, site.stale_after_seconds + site.grace_seconds):
+            if age < edge:
+                return min(now + period, now + (edge - age) + 0.01)
+        return now + period
+
+    async def run(self, on_alive: Callable[[], None]) -> None:
+        await self.fleet_read.wait()
+        while True:
+            self.iterate()
+            on_alive()
+            now = self._clock.monotonic()
+            deadline = self._next_deadline_seconds(now)
+            await self._wait(deadline)
+
+    async def _wait(self, deadline_seconds: float) -> None:
+        while True:
+            now = self._clock.monotonic()
+            remaining = deadline_seconds - now
+            if remaining <= 0:
+                return
+            sleeper = asyncio.ensure_future(self._clock.sleep(remaining))
+            waker = asyncio.ensure_future(self._wake.wait())
+            try:
+                await asyncio.wait({sleeper, waker}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                sleeper.cancel()
+                waker.cancel()
+            if self._wake.is_set():
+                self._wake.clear()
+                if self._urgent:
+                    self._urgent = False
+                    return
+                spacing = (
+                    self._last_iteration_at
+                    + MIN_ITERATION_SPACING_SECONDS
+                    - self._clock.monotonic()
+                )
+                if spacing <= 0:
+                    return
+                deadline_seconds = min(deadline_seconds, self._clock.monotonic() + spacing)
+            if sleeper.done():
+                return
+
+    # ------------------------------------------------------------ iteration
+
+    def iterate(self) -> Decision:
+        started = time.perf_counter()
+        now = self._clock.monotonic()
+        self._last_iteration_at = now
+        op = self._operator()
+        self._tracker.set_overrides(op.overrides)
+        budget = self._budgets.update(self._store, now)
+        capped = budget.watts if op.cap_watts is None else min(budget.watts, op.cap_watts)
+        fleet = self._tracker.fleet_state(now)
+        model_watts = fleet.assumed_watts()
+        meter_watts, gap = self._meter_reading(now, model_watts)
+        correction = self._meter.update(gap, now)
+        effective = max(0.0, capped - correction)
+        if gap is not None and meter_watts is not None:
+            check = meter_correction(capped, meter_watts, model_watts)
+            if check.over_budget:
+                log.warning(
+                    "meter_over_budget",
+                    meter_watts=round(meter_watts),
+                    budget_watts=round(capped),
+                    model_watts=round(model_watts),
+                )
+        the_plan = plan(fleet, effective, self.config, now, self.previous_plan)
+        work = commands_for(the_plan, fleet)
+        if op.paused:
+            work = [w for w in work if w.sheds]  # paused: hold, but the budget still wins
+        self._actuator.submit(work)
+        self.previous_plan = the_plan
+        decision = Decision(
+            at_seconds=now,
+            budget=budget,
+            operator_cap_watts=op.cap_watts,
+            capped_budget_watts=capped,
+            effective_budget_watts=effective,
+            meter_watts=meter_watts,
+            model_watts=model_watts,
+            meter_gap_watts=gap,
+            meter_correction_watts=correction,
+            plan=the_plan,
+            fleet=fleet,
+            commands=tuple(work),
+            paused=op.paused,
+            duration_seconds=time.perf_counter() - started,
+        )
+        self.last = decision
+        self._on_decision(decision)
+        return decision
+
+    def _meter_reading(self, now: float, model_watts: float) -> tuple[float | None, float | None]:
+        """The fresh site-meter reading and its gap to the fleet model, if there is one."""
+        reading = self._store.latest("site_meter")
+        if reading is None:
+            return None, None
+        age = self._store.age_seconds(reading.stream, now)
+        if age is None or age > self.config.site.stale_after_seconds:
+            return None, None
+        explained = model_watts
+        if self.config.site.meter_includes_other_loads:
+            explained += sum(
+                r.watts for r in self._store.readings("other_load").values() if r is not None
+            )
+        return reading.watts, reading.watts - explained

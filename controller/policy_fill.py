@@ -1,0 +1,324 @@
+"""The allocation core of the policy: ladders, group water-filling, local repair, exact search.
+
+Plain values only (no FleetState, no config): controller.policy classifies the fleet
+into groups of identical miners and this module decides how many members of each
+group sit on each power level. Level 0 is sleep; levels 1..k are the model's power
+targets, ascending.
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Literal
+
+# pinned: operator pin; held_on: min on-time still running; kept_on: running and kept
+# through a dip inside the hysteresis band; free: anything else
+Kind = Literal["pinned", "held_on", "kept_on", "free"]
+
+# A sleeper's wake counts this much less than an equal raise of a running miner:
+# a woken miner mines nothing while it boots, so near-ties go to running miners.
+WAKE_HANDICAP = 0.98
+# Exact search is used when this few miners are free to choose (the discrete
+# steps then matter most; on large fleets one step is a tiny share of the budget).
+EXACT_MAX_MINERS = 8
+# The exact answer replaces the water-fill only when it is materially better, so
+# small fleets do not swap machines for a rounding gain.
+EXACT_MIN_GAIN = 0.002
+_EPS_WATTS = 1e-6
+
+
+@dataclass(frozen=True, slots=True)
+class Ladder:
+    """Power levels of one model (under an optional cap): level 0 sleeps, 1..k run."""
+
+    targets_watts: tuple[int, ...]
+    costs_watts: tuple[float, ...]  # index = level; [0] is the sleep draw
+    values_ths: tuple[float, ...]  # index = level; [0] is 0
+    hull_levels: tuple[int, ...]  # levels on the upper concave hull, from 0 to k
+
+    @property
+    def top_level(self) -> int:
+        return len(self.targets_watts)
+
+
+def build_ladder(
+    targets_watts: Sequence[int], sleep_watts: float, ths_at: Sequence[float], wake_to_min: bool = False
+) -> Ladder:
+    """``wake_to_min``: the first step must end at the lowest target (a miner that has to
+    keep running, even where the envelope from sleep would skip past it)."""
+    costs = (float(sleep_watts), *(float(t) for t in targets_watts))
+    values = (0.0, *ths_at)
+    if wake_to_min:
+        above = _upper_hull(costs[1:], values[1:])
+        hull = (0, *(level + 1 for level in above))
+    else:
+        hull = _upper_hull(costs, values)
+    return Ladder(tuple(targets_watts), costs, values, hull)
+
+
+def _slope(costs: Sequence[float], values: Sequence[float], a: int, b: int) -> float:
+    dc = costs[b] - costs[a]
+    dv = values[b] - values[a]
+    if dc <= 0:
+        return math.inf  # a target at or below the sleep draw costs nothing extra
+    return dv / dc
+
+
+def _upper_hull(costs: Sequence[float], values: Sequence[float]) -> tuple[int, ...]:
+    """Levels whose marginal TH per W never rises, so greedy steps stay in level order."""
+    hull: list[int] = [0]
+    for level in range(1, len(costs)):
+        while len(hull) >= 2 and _slope(costs, values, hull[-2], hull[-1]) < _slope(
+            costs, values, hull[-1], level
+        ):
+            hull.pop()
+        hull.append(level)
+    return tuple(hull)
+
+
+@dataclass(slots=True)
+class Group:
+    """Identical miners: same ladder, kind, priority and on/off history."""
+
+    ladder: Ladder
+    kind: Kind
+    priority: int
+    was_on: bool
+    size: int
+    # members per level after solving (index = level)
+    counts: list[int] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class _Fill:
+    groups: Sequence[Group]
+    remaining_watts: float
+    wake_margin_watts: float
+    reached: list[list[int]]  # per group: members at or above each hull index
+
+
+def water_fill(groups: Sequence[Group], spare_watts: float, wake_margin_watts: float) -> float:
+    """Fill ``spare_watts`` (budget above everyone's sleep draw) greedily; return what is left.
+
+    Order: pinned miners wake and rise to full power first, then miners held on
+    by their minimum on-time wake, then those kept on through a small dip, then
+    everything else by marginal TH per W,
+    with wakes released one priority class at a time (a lower class waits until
+    every miner of the higher class has woken). Waking a sleeping miner needs
+    ``wake_margin_watts`` of extra room so a budget wobble does not undo it.
+    """
+    fill = _Fill(groups, spare_watts, wake_margin_watts, [[0] * len(g.ladder.hull_levels) for g in groups])
+    for gi, g in enumerate(groups):
+        fill.reached[gi][0] = g.size
+    pinned = [gi for gi, g in enumerate(groups) if g.kind == "pinned"]
+    held = [gi for gi, g in enumerate(groups) if g.kind == "held_on"]
+    kept = [gi for gi, g in enumerate(groups) if g.kind == "kept_on"]
+    for gi in sorted(pinned, key=lambda gi: (-groups[gi].priority, -_ratio(fill, gi, 1), gi)):
+        _take(fill, gi, 1)
+    raises = [(gi, k) for gi in pinned for k in range(2, len(groups[gi].ladder.hull_levels))]
+    for gi, k in sorted(raises, key=lambda it: (-_ratio(fill, it[0], it[1]), it[0], it[1])):
+        _take(fill, gi, k)
+    for gi in sorted(held, key=lambda gi: (-groups[gi].priority, -_ratio(fill, gi, 1), gi)):
+        _take(fill, gi, 1)
+    for gi in sorted(kept, key=lambda gi: (-groups[gi].priority, -_ratio(fill, gi, 1), gi)):
+        _take(fill, gi, 1)
+    # a forced miner asleep for lack of budget holds back free miners of lower priority
+    short = [groups[gi].priority for gi in pinned + held + kept if fill.reached[gi][1] < groups[gi].size]
+    _fill_free(fill, held + kept, max(short, default=None))
+    _store_counts(fill)
+    return fill.remaining_watts
+
+
+def _ratio(fill: _Fill, gi: int, k: int) -> float:
+    g = fill.groups[gi]
+    hull = g.ladder.hull_levels
+    r = _slope(g.ladder.costs_watts, g.ladder.values_ths, hull[k - 1], hull[k])
+    return r * WAKE_HANDICAP if k == 1 and not g.was_on else r
+
+
+def _take(fill: _Fill, gi: int, k: int) -> int:
+    """Move as many members as fit from hull index k-1 to k; return how many moved."""
+    g = fill.groups[gi]
+    hull = g.ladder.hull_levels
+    available = fill.reached[gi][k - 1]
+    if available <= 0:
+        return 0
+    cost = g.ladder.costs_watts[hull[k]] - g.ladder.costs_watts[hull[k - 1]]
+    room = fill.remaining_watts
+    if k == 1 and not g.was_on:
+        room -= fill.wake_margin_watts
+    fits = available if cost <= 0 else math.floor((room + _EPS_WATTS) / cost)
+    n = min(available, max(0, fits))
+    fill.reached[gi][k] = n
+    fill.remaining_watts -= n * cost
+    return n
+
+
+def _fill_free(fill: _Fill, held: list[int], blocked_below: int | None) -> None:
+    groups = fill.groups
+    heap: list[tuple[float, int, int]] = []
+    for gi in held:
+        if len(groups[gi].ladder.hull_levels) > 2 and fill.reached[gi][1] > 0:
+            heapq.heappush(heap, (-_ratio(fill, gi, 2), gi, 2))
+    free = [gi for gi, g in enumerate(groups) if g.kind == "free"]
+    classes = sorted(
+        {g.priority for g in (groups[gi] for gi in free) if blocked_below is None or g.priority >= blocked_below},
+        reverse=True,
+    )
+    pending = 0  # wake items of the open priority class still in the heap
+    blocked = False
+
+    def open_next_class() -> None:
+        nonlocal pending
+        while classes and pending == 0 and not blocked:
+            prio = classes.pop(0)
+            for gi in free:
+                if groups[gi].priority == prio:
+                    heapq.heappush(heap, (-_ratio(fill, gi, 1), gi, 1))
+                    pending += 1
+
+    open_next_class()
+    while heap:
+        _, gi, k = heapq.heappop(heap)
+        moved = _take(fill, gi, k)
+        if k == 1:
+            pending -= 1
+            if moved < groups[gi].size:
+                blocked = True  # a higher class is short of budget: lower classes stay asleep
+            open_next_class()
+        if moved > 0 and k + 1 < len(groups[gi].ladder.hull_levels):
+            heapq.heappush(heap, (-_ratio(fill, gi, k + 1), gi, k + 1))
+
+
+def _store_counts(fill: _Fill) -> None:
+    for gi, g in enumerate(fill.groups):
+        counts = [0] * (g.ladder.top_level + 1)
+        reached = fill.reached[gi]
+        for k, level in enumerate(g.ladder.hull_levels):
+            above = reached[k + 1] if k + 1 < len(reached) else 0
+            counts[level] = reached[k] - above
+        g.counts = counts
+
+
+# ------------------------------------------------------------ local repair
+
+
+def improve_locally(groups: Sequence[Group], leftover_watts: float, max_rounds: int = 200) -> float:
+    """Apply the best one-step move while it gains TH/s; return the leftover watts.
+
+    Moves: raise one running miner a level into the leftover, or lower one
+    running miner a level to raise another. Greedy steps can leave a gap that
+    a bigger step did not fit; this closes it. On/off decisions are untouched.
+    """
+    for _ in range(max_rounds):
+        ups, downs = _moves(groups)
+        best_gain, best = 0.0, None
+        for up_gain, up_cost, ug, ul in ups:
+            if up_cost <= leftover_watts + _EPS_WATTS and up_gain > best_gain:
+                best_gain, best = up_gain, (ug, ul, -1, -1, up_cost)
+            for dn_loss, dn_saving, dg, dl in downs:
+                if dn_loss >= up_gain - best_gain:
+                    break  # downs are sorted by loss: none further can beat best
+                if up_cost - dn_saving > leftover_watts + _EPS_WATTS:
+                    continue
+                if dg == ug and (dl == ul + 1 or (dl == ul and groups[ug].counts[ul] < 2)):
+                    continue  # the same miner, or a swap back
+                best_gain, best = up_gain - dn_loss, (ug, ul, dg, dl, up_cost - dn_saving)
+        if best is None or best_gain <= 1e-9:
+            break
+        ug, ul, dg, dl, net_cost = best
+        groups[ug].counts[ul] -= 1
+        groups[ug].counts[ul + 1] += 1
+        if dg >= 0:
+            groups[dg].counts[dl] -= 1
+            groups[dg].counts[dl - 1] += 1
+        leftover_watts -= net_cost
+    return leftover_watts
+
+
+def _moves(
+    groups: Sequence[Group],
+) -> tuple[list[tuple[float, float, int, int]], list[tuple[float, float, int, int]]]:
+    ups: list[tuple[float, float, int, int]] = []
+    downs: list[tuple[float, float, int, int]] = []
+    for gi, g in enumerate(groups):
+        costs, values = g.ladder.costs_watts, g.ladder.values_ths
+        for level in range(1, len(g.counts)):
+            if g.counts[level] <= 0:
+                continue
+            if level < g.ladder.top_level:
+                ups.append((values[level + 1] - values[level], costs[level + 1] - costs[level], gi, level))
+            if level >= 2 and g.kind != "pinned":
+                downs.append((values[level] - values[level - 1], costs[level] - costs[level - 1], gi, level))
+    ups.sort(key=lambda u: (-u[0], u[2], u[3]))
+    downs.sort(key=lambda d: (d[0], d[2], d[3]))
+    return ups, downs
+
+
+# ------------------------------------------------------------ exact search
+
+
+@dataclass(frozen=True, slots=True)
+class ExactMiner:
+    """One miner the exact search may place on any level in [min_level, top]."""
+
+    ladder: Ladder
+    priority: int
+    was_on: bool
+    min_level: int  # 1: must run (held on by min on-time), 0: may sleep
+    free: bool  # counts for the priority rule (held-on miners do not)
+
+
+def solve_exact(
+    miners: Sequence[ExactMiner], room_watts: float, wake_room_watts: float, blocked_below: int | None = None
+) -> tuple[float, tuple[int, ...]] | None:
+    """Best (TH/s, levels) with total cost <= room (<= wake_room if any sleeper wakes).
+
+    Honours the priority rule: once a free miner sleeps, no free miner of lower
+    priority runs. Miners must come sorted by priority, highest first. None: no
+    feasible assignment (the forced miners alone do not fit).
+    """
+    # state: (blocked_priority or None, woke_any) -> Pareto list of (cost, value, wakes, levels)
+    State = tuple[float, float, int, tuple[int, ...]]
+    start = (blocked_below, False)
+    frontier: dict[tuple[int | None, bool], list[State]] = {start: [(0.0, 0.0, 0, ())]}
+    for m in miners:
+        nxt: dict[tuple[int | None, bool], list[State]] = {}
+        for (blocked, woke), states in frontier.items():
+            may_run = blocked is None or m.priority >= blocked or not m.free
+            for level in range(m.min_level, m.ladder.top_level + 1):
+                if level > 0 and not may_run:
+                    break
+                wakes_now = level > 0 and not m.was_on
+                key_blocked = blocked
+                if level == 0 and m.free and blocked is None:
+                    key_blocked = m.priority
+                key = (key_blocked, woke or wakes_now)
+                limit = wake_room_watts if key[1] else room_watts
+                dc, dv = m.ladder.costs_watts[level], m.ladder.values_ths[level]
+                bucket = nxt.setdefault(key, [])
+                for cost, value, wakes, levels in states:
+                    if cost + dc <= limit + _EPS_WATTS:
+                        bucket.append((cost + dc, value + dv, wakes + wakes_now, (*levels, level)))
+        frontier = {key: _pareto(states) for key, states in nxt.items() if states}
+    best: State | None = None
+    for states in frontier.values():
+        for s in states:
+            if best is None or (s[1], -s[2], -s[0]) > (best[1], -best[2], -best[0]):
+                best = s
+    return None if best is None else (best[1], best[3])
+
+
+def _pareto(states: list[tuple[float, float, int, tuple[int, ...]]]) -> list[tuple[float, float, int, tuple[int, ...]]]:
+    """Keep states that no cheaper state beats on TH/s (fewer wakes break ties)."""
+    states.sort(key=lambda s: (s[0], -s[1], s[2], s[3]))
+    kept: list[tuple[float, float, int, tuple[int, ...]]] = []
+    best_value = -math.inf
+    for s in states:
+        if s[1] > best_value + 1e-12:
+            kept.append(s)
+            best_value = s[1]
+    return kept

@@ -1,0 +1,592 @@
+"""MinerDriver over pyasic 0.79.0 (LuxOS and Braiins OS / BOSer), used unmodified.
+
+Rules (see docs/drivers.md):
+
+* The pyasic class is built straight from the inventory (model + firmware) —
+  no detection round-trips; ``pyasic.get_miner(ip)`` only for a model pyasic's
+  class table does not know.
+* Every pyasic call runs under its own ``asyncio.timeout`` (pyasic's RPC has
+  none worth having, gRPC has none at all) and ANY exception becomes a typed
+  value: a driver never raises for one bad miner.
+* Each command is verified by reading the miner back.
+* Passwords live in :class:`drivers.credentials.Secret` and are redacted from
+  every text the driver produces.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import functools
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import structlog
+
+from controller.clock import Clock, SystemClock
+from controller.config import FleetConfig, HashgovConfig, MinerConfig, ModelConfig
+from drivers.base import CommandKind, CommandOutcome, CommandResult, MinerDriver, MinerState
+from drivers.credentials import CredentialStore, MinerCredentials, load_credentials, redact
+from drivers.mapping import (
+    BRAIINS_DETAIL,
+    BRAIINS_IDENTITY,
+    BRAIINS_READ,
+    LUXOS_READ,
+    OTHER_READ,
+    POWER_LIMIT_READBACK,
+    FirmwareKind,
+    MiningThresholds,
+    mining_readback,
+    state_from_data,
+    unreachable,
+)
+
+log = structlog.get_logger("hashgov.drivers")
+
+MAX_DETAIL_CHARS = 300
+
+
+@dataclass(frozen=True, slots=True)
+class DriverSettings:
+    """Timeouts and retry policy of one driver (from [fleet] in the config)."""
+
+    read_timeout_seconds: float = 8.0
+    command_timeout_seconds: float = 10.0  # per attempt of the command call itself
+    command_retries: int = 2  # extra attempts after a TIMEOUT/ERROR (not after REJECTED)
+    retry_backoff_seconds: float = 0.5  # doubled after each failed attempt
+    verify_window_seconds: float = 5.0  # how long readback may wait for the change to show
+    verify_interval_seconds: float = 0.5  # between readbacks
+    detect_timeout_seconds: float = 10.0  # pyasic.get_miner fallback only
+    # BOSer: every Nth read also fetches boards (temperatures) and fans; between
+    # those, the last temperature/fans are carried forward (1 = always)
+    detail_every_reads: int = 6
+
+    @classmethod
+    def from_fleet(cls, fleet: FleetConfig) -> DriverSettings:
+        return cls(
+            read_timeout_seconds=fleet.read_timeout_seconds,
+            command_timeout_seconds=fleet.command_timeout_seconds,
+            command_retries=fleet.command_retries,
+            verify_window_seconds=min(5.0, fleet.command_timeout_seconds),
+        )
+
+
+def pyasic_class_for(model: str, firmware: str) -> type[Any] | None:
+    """pyasic's class for a model on LuxOS/Braiins, from its own table; None if unknown."""
+    from pyasic.miners.factory import MINER_CLASSES, MinerTypes
+
+    miner_type = {"luxos": MinerTypes.LUX_OS, "braiins": MinerTypes.BRAIINS_OS}.get(
+        firmware.lower()
+    )
+    if miner_type is None:
+        return None
+    table = MINER_CLASSES[miner_type]
+    key = model.strip().upper()
+    for candidate in (key, f"ANTMINER {key}"):
+        cls = table.get(candidate)
+        if cls is not None:
+            return cls  # type: ignore[no-any-return]
+    return None
+
+
+def firmware_of(pyasic_miner: Any) -> FirmwareKind:
+    from pyasic.miners.backends.braiins_os import BOSer
+    from pyasic.miners.backends.luxminer import LUXMiner
+
+    if isinstance(pyasic_miner, LUXMiner):
+        return FirmwareKind.LUXOS
+    if isinstance(pyasic_miner, BOSer):
+        return FirmwareKind.BRAIINS
+    return FirmwareKind.OTHER
+
+
+def read_options(firmware: FirmwareKind) -> tuple[str, ...]:
+    """The pyasic DataOptions a regular read asks for (identity fields excluded)."""
+    return {
+        FirmwareKind.LUXOS: LUXOS_READ,
+        FirmwareKind.BRAIINS: BRAIINS_READ,
+        FirmwareKind.OTHER: OTHER_READ,
+    }[firmware]
+
+
+def quantised_watts(watts: int, profiles_watts: tuple[int, ...] | None) -> int | None:
+    """LuxOS picks the highest profile at or below the request; None: no such profile."""
+    if profiles_watts is None:
+        return watts
+    fitting = [p for p in profiles_watts if p <= watts]
+    return max(fitting) if fitting else None
+
+
+class _Failure(Exception):
+    """Internal: one attempt failed in a way that may be retried."""
+
+    def __init__(self, outcome: CommandOutcome, detail: str) -> None:
+        super().__init__(detail)
+        self.outcome = outcome
+        self.detail = detail
+
+
+class PyasicDriver:
+    """One miner behind pyasic. Never raises from its MinerDriver methods."""
+
+    def __init__(
+        self,
+        miner: MinerConfig,
+        *,
+        model: ModelConfig | None = None,
+        settings: DriverSettings | None = None,
+        credentials: MinerCredentials | None = None,
+        clock: Clock | None = None,
+        pyasic_miner: Any = None,
+    ) -> None:
+        self._config = miner
+        self._miner_id = miner.miner_id
+        self._settings = settings or DriverSettings()
+        self._credentials = credentials or MinerCredentials()
+        self._secrets = (
+            (self._credentials.password.reveal(),) if self._credentials.password else ()
+        )
+        self._clock: Clock = clock or SystemClock()
+        self._profiles_watts = (
+            tuple(sorted(model.profiles_watts)) if model and model.profiles_watts else None
+        )
+        self._thresholds = (
+            MiningThresholds.for_model(model.sleep_watts, model.nameplate_ths)
+            if model is not None
+            else MiningThresholds()
+        )
+        self._hostname: str | None = None
+        self._mac: str | None = None
+        self._temperature_c: float | None = None
+        self._fan_rpm: tuple[int, ...] = ()
+        self._reads_since_detail: int | None = None  # None: no detailed read yet
+        self._detect_lock = asyncio.Lock()
+        self._miner: Any = None
+        self._firmware = FirmwareKind(miner.firmware)
+        if pyasic_miner is not None:
+            self._adopt(pyasic_miner, firmware_of(pyasic_miner) if _is_pyasic(pyasic_miner)
+                        else self._firmware)
+        else:
+            cls = pyasic_class_for(miner.model, miner.firmware)
+            if cls is not None:
+                self._adopt(cls(miner.address), self._firmware)
+
+    # ------------------------------------------------------------ properties
+
+    @property
+    def miner_id(self) -> str:
+        return self._miner_id
+
+    @property
+    def address(self) -> str:
+        return self._config.address
+
+    @property
+    def firmware(self) -> FirmwareKind:
+        return self._firmware
+
+    @property
+    def settings(self) -> DriverSettings:
+        return self._settings
+
+    @property
+    def read_include(self) -> tuple[str, ...]:
+        """DataOptions the next regular read asks pyasic for."""
+        include = read_options(self._firmware)
+        if self._firmware is FirmwareKind.BRAIINS:
+            every = max(1, self._settings.detail_every_reads)
+            if self._reads_since_detail is None or self._reads_since_detail + 1 >= every:
+                include = include + BRAIINS_DETAIL
+            if self._hostname is None or self._mac is None:
+                include = include + BRAIINS_IDENTITY
+        return include
+
+    def __repr__(self) -> str:
+        return (
+            f"PyasicDriver(miner_id={self._miner_id!r}, address={self._config.address!r}, "
+            f"firmware={self._firmware.value!r})"
+        )
+
+    async def pyasic_miner(self) -> Any:
+        """The pyasic object (detected on first use if the model was unknown); None if not found."""
+        try:
+            return await self._ensure_miner()
+        except _Failure:
+            return None
+
+    # ------------------------------------------------------------ plumbing
+
+    def _adopt(self, pyasic_miner: Any, firmware: FirmwareKind) -> None:
+        self._miner = pyasic_miner
+        self._firmware = firmware
+        self._apply_credentials(pyasic_miner)
+
+    def _apply_credentials(self, pyasic_miner: Any) -> None:
+        # BOSer's gRPC client logs in with web.username / web.pwd (pyasic reads a
+        # settings key that does not exist and falls back to "root"); setting the
+        # attributes on the object is the only per-miner knob.
+        web = getattr(pyasic_miner, "web", None)
+        if web is None or self._firmware is not FirmwareKind.BRAIINS:
+            return
+        if hasattr(web, "username"):
+            web.username = self._credentials.username
+        if self._credentials.password is not None and hasattr(web, "pwd"):
+            web.pwd = self._credentials.password.reveal()
+
+    def _describe(self, exc: BaseException) -> str:
+        parts: list[str] = []
+        seen: set[int] = set()
+        current: BaseException | None = exc
+        while current is not None and id(current) not in seen and len(parts) < 3:
+            seen.add(id(current))
+            text = str(current).strip()
+            parts.append(f"{type(current).__name__}: {text}" if text else type(current).__name__)
+            current = current.__cause__ or current.__context__
+        return self._clean(" <- ".join(parts))
+
+    def _clean(self, text: str) -> str:
+        text = redact(text, self._secrets)
+        if len(text) > MAX_DETAIL_CHARS:
+            text = text[: MAX_DETAIL_CHARS - 3] + "..."
+        return text
+
+    async def _ensure_miner(self) -> Any:
+        if self._miner is not None:
+            return self._miner
+        async with self._detect_lock:
+            if self._miner is not None:
+                return self._miner
+            import pyasic
+
+            try:
+                async with asyncio.timeout(self._settings.detect_timeout_seconds):
+                    found = await pyasic.get_miner(self._config.address)
+            except TimeoutError:
+                raise _Failure(CommandOutcome.TIMEOUT, "detection timed out") from None
+            except Exception as exc:
+                raise _Failure(CommandOutcome.ERROR, f"detection failed: {self._describe(exc)}") from None
+            if found is None:
+                raise _Failure(CommandOutcome.ERROR, "detection found no supported miner")
+            self._adopt(found, firmware_of(found))
+            return found
+
+    async def _call(self, timeout_seconds: float, what: str, fn: Callable[[], Awaitable[Any]]) -> Any:
+        """Run one pyasic call under our own deadline; every failure becomes _Failure."""
+        try:
+            async with asyncio.timeout(timeout_seconds) as deadline:
+                return await fn()
+        except TimeoutError as exc:
+            if deadline.expired():
+                raise _Failure(
+                    CommandOutcome.TIMEOUT, f"{what}: no reply within {timeout_seconds:g} s"
+                ) from None
+            raise _Failure(CommandOutcome.ERROR, f"{what}: {self._describe(exc)}") from None
+        except Exception as exc:
+            raise _Failure(classify_exception(exc), f"{what}: {self._describe(exc)}") from None
+
+    def _forget_session(self) -> None:
+        # LuxOS: pyasic caches the session id forever; after a reboot or logoff the
+        # miner refuses it, so drop it before the next attempt (pyasic re-logs on).
+        rpc = getattr(self._miner, "rpc", None)
+        if rpc is not None and getattr(rpc, "session_token", None) is not None:
+            rpc.session_token = None
+
+    async def _login_once(self, miner: Any) -> None:
+        # BOSer: pyasic's get_data fires one gRPC Login per call when no token is
+        # cached (no lock); log in once first so they all reuse the token.
+        web = getattr(miner, "web", None)
+        if (
+            self._firmware is FirmwareKind.BRAIINS
+            and web is not None
+            and getattr(web, "token", "") is None
+            and hasattr(web, "auth")
+        ):
+            await web.auth()
+
+    # ------------------------------------------------------------ reads
+
+    async def _read(self, include: tuple[str, ...], timeout_seconds: float) -> MinerState:
+        try:
+            miner = await self._ensure_miner()
+
+            async def fetch() -> Any:
+                await self._login_once(miner)
+                return await miner.get_data(include=list(include))
+
+            data = await self._call(timeout_seconds, "read", fetch)
+        except _Failure as failure:
+            return unreachable(self._miner_id, self._clock.monotonic(), failure.detail)
+        state = state_from_data(
+            self._miner_id,
+            data,
+            read_at_seconds=self._clock.monotonic(),
+            firmware=self._firmware,
+            thresholds=self._thresholds,
+            asked=include,
+            hostname=self._hostname,
+            mac=self._mac,
+        )
+        if state.reachable:
+            self._hostname = state.hostname
+            self._mac = state.mac
+        return state
+
+    async def read_state(self) -> MinerState:
+        try:
+            include = self.read_include
+            state = await self._read(include, self._settings.read_timeout_seconds)
+            if not state.reachable or self._firmware is not FirmwareKind.BRAIINS:
+                return state
+            if BRAIINS_DETAIL[0] in include:
+                self._reads_since_detail = 0
+                self._temperature_c, self._fan_rpm = state.temperature_c, state.fan_rpm
+                return state
+            if self._reads_since_detail is not None:
+                self._reads_since_detail += 1
+            return dataclasses.replace(
+                state, temperature_c=self._temperature_c, fan_rpm=self._fan_rpm
+            )
+        except Exception as exc:  # belt and braces: mapping bugs must not escape either
+            return unreachable(self._miner_id, self._clock.monotonic(), self._describe(exc))
+
+    # ------------------------------------------------------------ commands
+
+    async def set_power_limit(self, watts: int) -> CommandResult:
+        expected = quantised_watts(watts, self._profiles_watts)
+
+        async def verify() -> tuple[bool, str, int | None]:
+            state = await self._read(POWER_LIMIT_READBACK, self._settings.read_timeout_seconds)
+            if not state.reachable:
+                return False, f"readback failed: {state.error}", None
+            got = state.power_limit_watts
+            applied = round(got) if got is not None else None
+            if applied is None:
+                return False, "readback has no power limit", None
+            if expected is not None:
+                ok = applied == expected
+                want = f"{expected} W"
+            else:
+                ok = applied <= watts
+                want = f"<= {watts} W"
+            return ok, f"applied {applied} W (requested {watts} W, expected {want})", applied
+
+        if expected is None:
+            return self._result(
+                CommandKind.SET_POWER_LIMIT,
+                CommandOutcome.REJECTED,
+                0.0,
+                watts,
+                f"no profile at or below {watts} W (profiles {list(self._profiles_watts or ())})",
+            )
+        return await self._command(
+            CommandKind.SET_POWER_LIMIT, lambda m: m.set_power_limit(watts), verify, watts
+        )
+
+    async def stop(self) -> CommandResult:
+        async def verify() -> tuple[bool, str, int | None]:
+            state = await self._read(
+                mining_readback(self._firmware), self._settings.read_timeout_seconds
+            )
+            if not state.reachable:
+                return False, f"readback failed: {state.error}", None
+            return state.is_mining is False, f"hashrate {_fmt(state.hashrate_ths)} TH/s, draw {_fmt(state.watts)} W", None
+
+        return await self._command(CommandKind.STOP, lambda m: m.stop_mining(), verify, None)
+
+    async def resume(self) -> CommandResult:
+        async def verify() -> tuple[bool, str, int | None]:
+            state = await self._read(
+                mining_readback(self._firmware), self._settings.read_timeout_seconds
+            )
+            if not state.reachable:
+                return False, f"readback failed: {state.error}", None
+            awake = state.is_mining is True or (
+                state.watts is not None and state.watts > self._thresholds.idle_watts
+            )
+            return awake, f"hashrate {_fmt(state.hashrate_ths)} TH/s, draw {_fmt(state.watts)} W", None
+
+        return await self._command(CommandKind.RESUME, lambda m: m.resume_mining(), verify, None)
+
+    async def _command(
+        self,
+        kind: CommandKind,
+        send: Callable[[Any], Awaitable[Any]],
+        verify: Callable[[], Awaitable[tuple[bool, str, int | None]]],
+        watts: int | None,
+    ) -> CommandResult:
+        started = self._clock.monotonic()
+        try:
+            result = await self._command_attempts(kind, send, verify, watts, started)
+        except Exception as exc:  # never raise to the controller
+            result = self._result(
+                kind, CommandOutcome.ERROR, self._clock.monotonic() - started, watts,
+                self._describe(exc),
+            )
+        log_method = log.debug if result.ok else log.warning
+        log_method(
+            "driver.command",
+            miner_id=self._miner_id,
+            kind=kind.value,
+            outcome=result.outcome.value,
+            latency_seconds=round(result.latency_seconds, 3),
+            requested_watts=watts,
+            applied_watts=result.applied_watts,
+            detail=result.detail,
+        )
+        return result
+
+    async def _command_attempts(
+        self,
+        kind: CommandKind,
+        send: Callable[[Any], Awaitable[Any]],
+        verify: Callable[[], Awaitable[tuple[bool, str, int | None]]],
+        watts: int | None,
+        started: float,
+    ) -> CommandResult:
+        s = self._settings
+        attempts = s.command_retries + 1
+        last: _Failure = _Failure(CommandOutcome.ERROR, "not attempted")
+        for attempt in range(attempts):
+            if attempt:
+                await self._clock.sleep(s.retry_backoff_seconds * 2 ** (attempt - 1))
+            try:
+                miner = await self._ensure_miner()
+                accepted = await self._call(s.command_timeout_seconds, kind.value, functools.partial(send, miner))
+            except _Failure as failure:
+                if failure.outcome is CommandOutcome.REJECTED and not _session_problem(failure.detail):
+                    return self._result(
+                        kind, failure.outcome, self._clock.monotonic() - started, watts,
+                        failure.detail,
+                    )
+                self._forget_session()
+                last = failure
+                continue
+            if accepted is not True:
+                # pyasic answers False both for "the miner said no" and (LuxOS) for
+                # "nobody answered": a quick read tells the two apart.
+                probe = await self._read(POWER_LIMIT_READBACK, min(s.read_timeout_seconds, 3.0))
+                if not probe.reachable:
+                    last = _Failure(CommandOutcome.ERROR, f"{kind.value}: unreachable ({probe.error})")
+                    continue
+                limit = probe.power_limit_watts
+                return self._result(
+                    kind, CommandOutcome.REJECTED, self._clock.monotonic() - started, watts,
+                    f"{kind.value}: firmware refused (pyasic returned {accepted!r}); "
+                    f"power limit now {_fmt(limit)} W",
+                    round(limit) if kind is CommandKind.SET_POWER_LIMIT and limit is not None else None,
+                )
+            ok, detail, applied = await self._verify(verify)
+            return self._result(
+                kind,
+                CommandOutcome.OK if ok else CommandOutcome.UNVERIFIED,
+                self._clock.monotonic() - started,
+                watts,
+                detail if ok else f"accepted, not seen in readback: {detail}",
+                applied,
+            )
+        suffix = f" (after {attempts} attempts)" if attempts > 1 else ""
+        return self._result(
+            kind, last.outcome, self._clock.monotonic() - started, watts, last.detail + suffix
+        )
+
+    async def _verify(
+        self, verify: Callable[[], Awaitable[tuple[bool, str, int | None]]]
+    ) -> tuple[bool, str, int | None]:
+        s = self._settings
+        deadline = time.monotonic() + s.verify_window_seconds
+        while True:
+            ok, detail, applied = await verify()
+            if ok or time.monotonic() + s.verify_interval_seconds > deadline:
+                return ok, detail, applied
+            await self._clock.sleep(s.verify_interval_seconds)
+
+    def _result(
+        self,
+        kind: CommandKind,
+        outcome: CommandOutcome,
+        latency_seconds: float,
+        watts: int | None,
+        detail: str,
+        applied_watts: int | None = None,
+    ) -> CommandResult:
+        return CommandResult(
+            miner_id=self._miner_id,
+            kind=kind,
+            outcome=outcome,
+            latency_seconds=max(0.0, latency_seconds),
+            requested_watts=watts,
+            detail=self._clean(detail),
+            applied_watts=applied_watts,
+        )
+
+
+def classify_exception(exc: BaseException) -> CommandOutcome:
+    """REJECTED when the firmware answered with an error status; ERROR otherwise.
+
+    pyasic raises APIError("<cmd>: <Msg>") for a well-formed reply whose STATUS
+    is not S/I (the miner said no); an APIError caused by another exception
+    (connection refused/reset, gRPC failure) or a decode error, and any other
+    exception type (KeyError/TypeError from half-read replies), is an ERROR.
+    """
+    from pyasic.errors import APIError
+
+    if isinstance(exc, APIError) and exc.__cause__ is None and "Decode Error" not in str(exc):
+        return CommandOutcome.REJECTED
+    return CommandOutcome.ERROR
+
+
+def _session_problem(detail: str) -> bool:
+    return "session" in detail.lower()
+
+
+def _fmt(value: float | None) -> str:
+    return "?" if value is None else f"{value:.1f}"
+
+
+def _is_pyasic(obj: Any) -> bool:
+    return type(obj).__module__.startswith("pyasic.")
+
+
+# ---------------------------------------------------------------- factory
+
+
+def build_pyasic_drivers(
+    config: HashgovConfig,
+    *,
+    clock: Clock | None = None,
+    credentials: CredentialStore | None = None,
+    settings: DriverSettings | None = None,
+) -> dict[str, PyasicDriver]:
+    """One driver per inventory miner (excluded ones too: they are still read).
+
+    Raises drivers.credentials.CredentialsError if the credentials file is unusable.
+    """
+    fleet = config.fleet
+    store = credentials if credentials is not None else load_credentials(fleet.credentials_file)
+    settings = settings or DriverSettings.from_fleet(fleet)
+    clock = clock or SystemClock()
+    drivers: dict[str, PyasicDriver] = {}
+    for miner in fleet.miners:
+        drivers[miner.miner_id] = PyasicDriver(
+            miner,
+            model=fleet.model_for(miner),
+            settings=settings,
+            credentials=store.for_miner(miner.address, miner.name),
+            clock=clock,
+        )
+    return drivers
+
+
+def build_drivers(
+    config: HashgovConfig,
+    *,
+    clock: Clock | None = None,
+    credentials: CredentialStore | None = None,
+) -> dict[str, MinerDriver]:
+    """The controller's view: miner_id -> MinerDriver."""
+    built: Mapping[str, MinerDriver] = build_pyasic_drivers(
+        config, clock=clock, credentials=credentials
+    )
+    return dict(built)

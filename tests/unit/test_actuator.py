@@ -1,0 +1,117 @@
+"""The actuator: sheds first and at once, raises only for the newest plan,
+per-miner order, backoff after failures, nothing sent in shadow mode."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+from controller.actuator import Actuator, commands_for
+from controller.clock import ManualClock
+from controller.config import load_config
+from controller.fleet import FleetState, MinerStatus, MinerView
+from controller.policy import MinerPlan, Plan
+from drivers.base import CommandKind, CommandOutcome, CommandResult, MinerState
+
+EXAMPLE = Path(__file__).resolve().parents[2] / "deploy" / "hashgov.example.toml"
+MODEL = load_config(EXAMPLE).fleet.models[0]  # S19j Pro braiins: 1100..3000 W
+
+
+def view(mid: str, status: MinerStatus, limit: int | None = 3000) -> MinerView:
+    return MinerView(mid, MODEL, status, measured_watts=3000.0 if status is MinerStatus.MINING else 30.0, power_limit_watts=limit)
+
+
+def plan_of(*entries: tuple[str, str, int | None]) -> Plan:
+    miners = tuple(MinerPlan(mid, action, target, 0.0, 0.0, "test") for mid, action, target in entries)  # type: ignore[arg-type]
+    return Plan(0.0, 0.0, 0.0, 0.0, miners, ())
+
+
+class FakeDriver:
+    """Records calls; each call waits on a gate so tests control ordering."""
+
+    def __init__(self, mid: str, log: list[tuple[str, str]], gate: asyncio.Event, outcome: CommandOutcome = CommandOutcome.OK) -> None:
+        self.miner_id = mid
+        self.log = log
+        self.gate = gate
+        self.outcome = outcome
+
+    async def read_state(self) -> MinerState:
+        return MinerState(self.miner_id, True, 0.0)
+
+    async def _cmd(self, kind: CommandKind, watts: int | None = None) -> CommandResult:
+        self.log.append((self.miner_id, f"{kind}:{watts}" if watts else str(kind)))
+        await self.gate.wait()
+        return CommandResult(self.miner_id, kind, self.outcome, 0.01, watts)
+
+    async def set_power_limit(self, watts: int) -> CommandResult:
+        return await self._cmd(CommandKind.SET_POWER_LIMIT, watts)
+
+    async def stop(self) -> CommandResult:
+        return await self._cmd(CommandKind.STOP)
+
+    async def resume(self) -> CommandResult:
+        return await self._cmd(CommandKind.RESUME)
+
+
+def test_commands_for_plan_differences() -> None:
+    fleet = FleetState(0.0, (
+        view("a", MinerStatus.MINING), view("b", MinerStatus.SLEEPING), view("c", MinerStatus.MINING),
+        view("d", MinerStatus.UNREACHABLE), view("e", MinerStatus.MINING),
+    ))
+    work = {w.miner_id: w for w in commands_for(plan_of(
+        ("a", "sleep", None), ("b", "run", 2000), ("c", "run", 2000), ("d", "sleep", None), ("e", "run", 3000)
+    ), fleet)}
+    assert [s.kind for s in work["a"].steps] == [CommandKind.STOP] and work["a"].sheds
+    assert [(s.kind, s.watts) for s in work["b"].steps] == [(CommandKind.SET_POWER_LIMIT, 2000), (CommandKind.RESUME, None)]
+    assert not work["b"].sheds and work["b"].pending_watts == 2000
+    assert work["c"].sheds and work["c"].steps[0].watts == 2000  # lowering a target is a shed
+    assert "d" not in work, "an unreachable miner is not commanded"
+    assert "e" not in work, "no command when the miner already has the target"
+
+
+async def test_sheds_first_and_superseded_raises_are_dropped() -> None:
+    log: list[tuple[str, str]] = []
+    gate = asyncio.Event()
+    drivers = {m: FakeDriver(m, log, gate) for m in "abc"}
+    results: list[CommandResult] = []
+    actuator = Actuator(drivers, ManualClock(), max_concurrency=8, on_result=results.append)
+    fleet = FleetState(0.0, (view("a", MinerStatus.MINING), view("b", MinerStatus.SLEEPING), view("c", MinerStatus.SLEEPING)))
+    actuator.submit(commands_for(plan_of(("a", "sleep", None), ("b", "run", 3000), ("c", "sleep", None)), fleet))
+    await asyncio.sleep(0)
+    assert log == [("a", "stop")], "the raise waits until the shed finished"
+    # a newer plan arrives before the shed finishes: the old raise must not be sent
+    actuator.submit(commands_for(plan_of(("a", "sleep", None), ("b", "sleep", None), ("c", "sleep", None)), fleet))
+    gate.set()
+    await actuator.drain()
+    assert ("b", "resume") not in log
+    assert [r.kind for r in results] == [CommandKind.STOP]
+
+
+async def test_failed_miner_is_backed_off() -> None:
+    log: list[tuple[str, str]] = []
+    gate = asyncio.Event()
+    gate.set()
+    clock = ManualClock()
+    drivers = {"a": FakeDriver("a", log, gate, CommandOutcome.TIMEOUT)}
+    actuator = Actuator(drivers, clock, max_concurrency=2, on_result=lambda r: None)
+    fleet = FleetState(0.0, (view("a", MinerStatus.MINING),))
+    work = commands_for(plan_of(("a", "sleep", None)), fleet)
+    assert actuator.submit(work) == 1
+    await actuator.drain()
+    assert actuator.submit(work) == 0, "backed off right after a failure"
+    clock.advance(10)
+    assert actuator.submit(work) == 1
+    await actuator.drain()
+    assert len(log) == 2
+
+
+async def test_shadow_mode_sends_nothing_but_records() -> None:
+    log: list[tuple[str, str]] = []
+    gate = asyncio.Event()
+    gate.set()
+    actuator = Actuator({"a": FakeDriver("a", log, gate)}, ManualClock(), max_concurrency=2, on_result=lambda r: None, dry_run=True)
+    fleet = FleetState(0.0, (view("a", MinerStatus.MINING),))
+    actuator.submit(commands_for(plan_of(("a", "sleep", None)), fleet))
+    await actuator.drain()
+    assert log == []
+    assert [c.kind for c in actuator.would_send] == [CommandKind.STOP]

@@ -1,0 +1,361 @@
+"""PyasicDriver against a scripted fake pyasic miner: results, retries, timeouts,
+secrets, credentials file, and the FleetPoller (no sockets)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import structlog
+from pyasic.data import HashBoard, MinerData
+from pyasic.device.algorithm import SHA256Algo
+from pyasic.errors import APIError
+
+from controller.catalog import find_model
+from controller.clock import ManualClock, SystemClock
+from controller.config import MinerConfig
+from drivers.base import CommandOutcome, MinerDriver, MinerState
+from drivers.credentials import (
+    CredentialsError,
+    MinerCredentials,
+    Secret,
+    load_credentials,
+    parse_credentials,
+)
+from drivers.poller import FleetPoller
+from drivers.pyasic_driver import DriverSettings, PyasicDriver
+
+PASSWORD = "hunter2-very-secret-Pa55"
+FAST = DriverSettings(
+    read_timeout_seconds=0.3,
+    command_timeout_seconds=0.3,
+    command_retries=2,
+    retry_backoff_seconds=0.01,
+    verify_window_seconds=0.2,
+    verify_interval_seconds=0.05,
+)
+
+
+class FakeWeb:
+    def __init__(self) -> None:
+        self.username = "root"
+        self.pwd = "root"
+
+
+class FakeMiner:
+    """Just enough of a pyasic miner: state + scripted failures."""
+
+    def __init__(self) -> None:
+        self.web = FakeWeb()
+        self.limit_watts = 3000
+        self.mining = True
+        self.obey = True
+        self.fail_next: list[BaseException | str] = []  # "hang" or an exception
+        self.calls: list[str] = []
+
+    async def _maybe_fail(self) -> None:
+        if self.fail_next:
+            item = self.fail_next.pop(0)
+            if item == "hang":
+                await asyncio.sleep(3600)
+            assert isinstance(item, BaseException)
+            raise item
+
+    async def get_data(self, include: list[str] | None = None) -> MinerData:
+        self.calls.append("get_data")
+        data = MinerData(
+            ip="127.0.0.1",
+            wattage=self.limit_watts if self.mining else 30,
+            hashboards=[
+                HashBoard(
+                    slot=0,
+                    hashrate=SHA256Algo.hashrate(
+                        rate=100.0 if self.mining else 0.0, unit=SHA256Algo.unit.TH
+                    ),
+                )
+            ],
+            is_mining=self.mining,
+        )
+        data.wattage_limit = self.limit_watts
+        return data
+
+    async def set_power_limit(self, wattage: int) -> bool:
+        self.calls.append("set_power_limit")
+        await self._maybe_fail()
+        if self.obey:
+            self.limit_watts = wattage
+        return True
+
+    async def stop_mining(self) -> bool:
+        self.calls.append("stop")
+        await self._maybe_fail()
+        if self.obey:
+            self.mining = False
+        return True
+
+    async def resume_mining(self) -> bool:
+        self.calls.append("resume")
+        await self._maybe_fail()
+        if self.obey:
+            self.mining = True
+        return True
+
+
+def _driver(
+    fake: FakeMiner, firmware: str = "braiins", password: str | None = PASSWORD,
+    settings: DriverSettings = FAST,
+) -> PyasicDriver:
+    miner = MinerConfig(address="127.9.9.9", model="Antminer S19j Pro", firmware=firmware, name="m1")  # type: ignore[arg-type]
+    return PyasicDriver(
+        miner,
+        model=find_model("Antminer S19j Pro", firmware),
+        settings=settings,
+        credentials=MinerCredentials(password=Secret(password) if password else None),
+        pyasic_miner=fake,
+    )
+
+
+async def test_set_power_limit_ok_and_readback() -> None:
+    fake = FakeMiner()
+    result = await _driver(fake).set_power_limit(2300)
+    assert result.outcome is CommandOutcome.OK
+    assert (result.requested_watts, result.applied_watts) == (2300, 2300)
+
+
+async def test_luxos_limit_is_quantised_to_profile() -> None:
+    fake = FakeMiner()
+
+    async def quantising(wattage: int) -> bool:
+        fake.limit_watts = max(p for p in (1100, 1500, 2000, 2500, 3050) if p <= wattage)
+        return True
+
+    fake.set_power_limit = quantising  # type: ignore[method-assign]
+    result = await _driver(fake, firmware="luxos").set_power_limit(2200)
+    assert result.outcome is CommandOutcome.OK
+    assert result.applied_watts == 2000
+    assert "applied 2000 W" in result.detail
+
+
+async def test_luxos_no_profile_below_request_is_rejected_without_sending() -> None:
+    fake = FakeMiner()
+    result = await _driver(fake, firmware="luxos").set_power_limit(900)
+    assert result.outcome is CommandOutcome.REJECTED
+    assert "set_power_limit" not in fake.calls
+
+
+async def test_ignored_command_is_unverified() -> None:
+    fake = FakeMiner()
+    fake.obey = False
+    driver = _driver(fake)
+    assert (await driver.set_power_limit(2000)).outcome is CommandOutcome.UNVERIFIED
+    assert (await driver.stop()).outcome is CommandOutcome.UNVERIFIED
+
+
+async def test_stop_and_resume_verified() -> None:
+    fake = FakeMiner()
+    driver = _driver(fake)
+    assert (await driver.stop()).ok
+    assert (await driver.read_state()).is_mining is False
+    assert (await driver.resume()).ok
+
+
+async def test_transient_errors_are_retried() -> None:
+    fake = FakeMiner()
+    fake.fail_next = [ConnectionResetError("reset"), KeyError("GROUPS")]
+    result = await _driver(fake).set_power_limit(2000)
+    assert result.ok
+    assert fake.calls.count("set_power_limit") == 3
+
+
+async def test_firmware_refusal_is_rejected_not_retried() -> None:
+    fake = FakeMiner()
+    fake.fail_next = [APIError("profileset: Cannot set profile while ATM is enabled")]
+    result = await _driver(fake).set_power_limit(2000)
+    assert result.outcome is CommandOutcome.REJECTED
+    assert fake.calls.count("set_power_limit") == 1
+
+
+async def test_hang_becomes_timeout_within_bound() -> None:
+    fake = FakeMiner()
+    fake.fail_next = ["hang", "hang", "hang"]
+    started = time.monotonic()
+    result = await _driver(fake).stop()
+    elapsed = time.monotonic() - started
+    assert result.outcome is CommandOutcome.TIMEOUT
+    assert elapsed < 3 * 0.3 + 0.5  # (retries + 1) x timeout + backoff
+    assert "after 3 attempts" in result.detail
+
+
+async def test_read_timeout_is_unreachable() -> None:
+    fake = FakeMiner()
+
+    async def hang(include: list[str] | None = None) -> MinerData:
+        await asyncio.sleep(3600)
+        raise AssertionError
+
+    fake.get_data = hang  # type: ignore[method-assign]
+    started = time.monotonic()
+    state = await _driver(fake).read_state()
+    assert time.monotonic() - started < 0.6
+    assert not state.reachable and state.error is not None and "0.3 s" in state.error
+
+
+async def test_get_data_exception_never_escapes() -> None:
+    fake = FakeMiner()
+
+    async def boom(include: list[str] | None = None) -> MinerData:
+        raise TypeError("sequence item 0: expected str instance, NoneType found")
+
+    fake.get_data = boom  # type: ignore[method-assign]
+    state = await _driver(fake).read_state()
+    assert not state.reachable and state.error is not None and "TypeError" in state.error
+
+
+async def test_password_never_in_results_reprs_or_logs(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG)
+    fake = FakeMiner()
+    driver = _driver(fake)
+    assert fake.web.pwd == PASSWORD  # applied to pyasic's BOSer object
+    fake.fail_next = [
+        APIError(f"login failed for root:{PASSWORD}"),
+    ]
+    texts: list[str] = [repr(driver), str(driver)]
+    with structlog.testing.capture_logs() as logs:
+        results = [await driver.set_power_limit(2000)]
+        fake.fail_next = [ConnectionError(f"password={PASSWORD}")] * 3
+        results.append(await driver.stop())
+        results.append(await driver.resume())
+        state = await driver.read_state()
+    texts += [repr(r) for r in results] + [r.detail for r in results] + [repr(state)]
+    texts += [repr(entry) for entry in logs] + [caplog.text]
+    assert logs, "commands are logged"
+    for text in texts:
+        assert PASSWORD not in text
+    assert any("***" in r.detail for r in results)
+
+
+def test_secret_hides_itself() -> None:
+    secret = Secret(PASSWORD)
+    assert PASSWORD not in repr(secret) + str(secret) + f"{secret}" + repr(MinerCredentials(password=secret))
+    assert secret.reveal() == PASSWORD
+
+
+def test_credentials_file_formats(tmp_path: Path) -> None:
+    bare = tmp_path / "pw"
+    bare.write_text(PASSWORD + "\n")
+    store = load_credentials(bare)
+    assert store.for_miner("10.0.0.1").password == Secret(PASSWORD)
+
+    toml = tmp_path / "creds.toml"
+    toml.write_text(
+        f'[braiins]\nusername = "admin"\npassword = "{PASSWORD}"\n'
+        '[miners."10.0.0.7"]\npassword = "other"\n'
+    )
+    store = load_credentials(toml)
+    assert store.for_miner("10.0.0.1").username == "admin"
+    assert store.for_miner("10.0.0.7").password == Secret("other")
+    assert store.for_miner("10.0.0.7").username == "admin"
+    assert load_credentials(None).for_miner("x").password is None
+
+
+def test_credentials_errors_do_not_quote_the_file(tmp_path: Path) -> None:
+    with pytest.raises(CredentialsError) as err:
+        parse_credentials(f'[braiins]\npasword = "{PASSWORD}"\n')
+    assert PASSWORD not in str(err.value)
+    with pytest.raises(CredentialsError):
+        load_credentials(tmp_path / "missing")
+
+
+# ------------------------------------------------------------------ poller
+
+
+class ScriptedDriver:
+    def __init__(self, miner_id: str, delay_seconds: float = 0.0, raises: bool = False) -> None:
+        self._id = miner_id
+        self.delay_seconds = delay_seconds
+        self.raises = raises
+
+    @property
+    def miner_id(self) -> str:
+        return self._id
+
+    async def read_state(self) -> MinerState:
+        if self.raises:
+            raise RuntimeError("bad driver")
+        await asyncio.sleep(self.delay_seconds)
+        return MinerState(miner_id=self._id, reachable=True, read_at_seconds=time.monotonic(), watts=100.0)
+
+    async def set_power_limit(self, watts: int) -> Any:
+        raise NotImplementedError
+
+    async def stop(self) -> Any:
+        raise NotImplementedError
+
+    async def resume(self) -> Any:
+        raise NotImplementedError
+
+
+async def test_poller_isolates_bad_drivers_and_respects_deadline() -> None:
+    drivers: dict[str, MinerDriver] = {f"m{i}": ScriptedDriver(f"m{i}") for i in range(50)}
+    drivers["bad"] = ScriptedDriver("bad", raises=True)
+    drivers["hang"] = ScriptedDriver("hang", delay_seconds=3600)
+    poller = FleetPoller(drivers, max_concurrency=8, read_timeout_seconds=0.2, slack_seconds=0.1)
+    started = time.monotonic()
+    snap = await poller.poll()
+    assert time.monotonic() - started < 0.5
+    assert snap.reachable_count == 50
+    assert not snap.states["bad"].reachable
+    assert snap.missed == frozenset({"hang"})
+    assert snap.age_seconds("hang", snap.taken_at_seconds) == float("inf")
+    assert list(snap.states) == list(drivers)  # inventory order
+
+
+async def test_poller_keeps_previous_state_for_missed_miners() -> None:
+    slow = ScriptedDriver("slow")
+    poller = FleetPoller({"slow": slow}, max_concurrency=1, read_timeout_seconds=0.1, slack_seconds=0.05)
+    first = await poller.poll()
+    slow.delay_seconds = 3600
+    second = await poller.poll()
+    assert second.states["slow"] is first.states["slow"]
+    assert second.missed == frozenset({"slow"})
+    assert second.age_seconds("slow", second.taken_at_seconds) > 0
+
+
+async def test_snapshot_uses_injected_clock() -> None:
+    clock = ManualClock(start_monotonic=500.0)
+    poller = FleetPoller(
+        {"a": ScriptedDriver("a")}, max_concurrency=4, read_timeout_seconds=1.0, clock=clock
+    )
+    snap = await poller.poll()
+    assert snap.taken_at_seconds == 500.0
+    assert snap.age_seconds("nope", 600.0) == float("inf")
+
+
+def test_poller_rejects_zero_concurrency() -> None:
+    with pytest.raises(ValueError):
+        FleetPoller({}, max_concurrency=0, read_timeout_seconds=1.0, clock=SystemClock())
+
+
+async def test_braiins_detail_fields_every_nth_read() -> None:
+    fake = FakeMiner()
+    seen: list[list[str]] = []
+    original = fake.get_data
+
+    async def recording(include: list[str] | None = None) -> MinerData:
+        seen.append(list(include or []))
+        data = await original(include)
+        data.hashboards[0].temp = 61
+        return data
+
+    fake.get_data = recording  # type: ignore[method-assign]
+    settings = DriverSettings(read_timeout_seconds=0.3, detail_every_reads=3)
+    driver = _driver(fake, settings=settings)
+    states = [await driver.read_state() for _ in range(4)]
+    detailed = ["hashboards" in inc for inc in seen]
+    assert detailed == [True, False, False, True]
+    assert "hostname" in seen[0]
+    assert all(s.temperature_c == 61 for s in states)  # carried forward between details

@@ -1,0 +1,144 @@
+"""The fleet tracker's beliefs: reads, commands and overrides folded into views."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from controller.config import HashgovConfig, load_config
+from controller.fleet import MinerStatus
+from controller.tracker import UNRESPONSIVE_RETRY_SECONDS, FleetTracker, Overrides
+from drivers.base import CommandKind, CommandOutcome, CommandResult, MinerState
+
+EXAMPLE = Path(__file__).resolve().parents[2] / "deploy" / "hashgov.example.toml"
+
+
+@pytest.fixture
+def config() -> HashgovConfig:
+    return load_config(EXAMPLE)
+
+
+def read(
+    mid: str,
+    at: float,
+    *,
+    mining: bool | None,
+    watts: float | None = 3000.0,
+    reachable: bool = True,
+) -> MinerState:
+    return MinerState(
+        miner_id=mid,
+        reachable=reachable,
+        read_at_seconds=at,
+        is_mining=mining,
+        watts=watts,
+        power_limit_watts=3000.0,
+    )
+
+
+def result(
+    mid: str,
+    kind: CommandKind,
+    outcome: CommandOutcome = CommandOutcome.OK,
+    watts: int | None = None,
+) -> CommandResult:
+    return CommandResult(mid, kind, outcome, 0.1, watts)
+
+
+def test_unread_miner_is_unreachable_and_counted_at_nameplate(config: HashgovConfig) -> None:
+    tracker = FleetTracker(config)
+    view = tracker.view("row1-01", 0.0)
+    assert view.status is MinerStatus.UNREACHABLE
+    assert not view.controllable
+    assert view.assumed_watts == view.model.nameplate_watts
+
+
+def test_excluded_by_config_and_operator_include(config: HashgovConfig) -> None:
+    tracker = FleetTracker(config)
+    tracker.observe(read("row3-02", 1.0, mining=True, watts=2000.0))
+    assert tracker.view("row3-02", 2.0).status is MinerStatus.EXCLUDED
+    assert tracker.view("row3-02", 2.0).assumed_watts == 2000.0
+    tracker.set_overrides(Overrides(included=frozenset({"row3-02"})))
+    assert tracker.view("row3-02", 2.0).status is MinerStatus.MINING
+    tracker.set_overrides(Overrides(excluded=frozenset({"row1-01"}), pinned=frozenset({"row1-02"})))
+    assert tracker.view("row1-01", 2.0).excluded
+    assert tracker.view("row1-02", 2.0).pinned
+
+
+def test_stop_then_read_is_sleeping_and_switch_time_recorded(config: HashgovConfig) -> None:
+    tracker = FleetTracker(config)
+    tracker.observe(read("row1-01", 1.0, mining=True))
+    tracker.command_sent(result("row1-01", CommandKind.STOP), 2.0)
+    view = tracker.view("row1-01", 2.5)
+    assert view.status is MinerStatus.SLEEPING, "the verified command is newer than the read"
+    assert view.switched_at_seconds == 2.0
+    tracker.observe(read("row1-01", 3.0, mining=False, watts=30.0))
+    assert tracker.view("row1-01", 3.0).status is MinerStatus.SLEEPING
+
+
+def test_resume_boots_then_mines_or_is_marked_unresponsive(config: HashgovConfig) -> None:
+    tracker = FleetTracker(config)
+    tracker.observe(read("row1-01", 1.0, mining=False, watts=30.0))
+    tracker.command_sent(result("row1-01", CommandKind.RESUME), 2.0)
+    assert tracker.view("row1-01", 3.0).status is MinerStatus.BOOTING
+    tracker.observe(read("row1-01", 10.0, mining=False, watts=100.0))
+    assert tracker.view("row1-01", 10.0).status is MinerStatus.BOOTING
+    tracker.observe(read("row1-01", 60.0, mining=True))
+    assert tracker.view("row1-01", 60.0).status is MinerStatus.MINING
+
+    tracker.command_sent(result("row1-02", CommandKind.RESUME), 100.0)
+    tracker.observe(read("row1-02", 101.0, mining=False, watts=30.0))
+    boot = tracker.record("row1-02").model.boot_seconds
+    late = 100.0 + boot * 2 + config.fleet.poll_interval_seconds
+    tracker.observe(read("row1-02", late, mining=False, watts=30.0))
+    view = tracker.view("row1-02", late)
+    assert view.status is MinerStatus.UNRESPONSIVE and not view.verified
+    assert view.assumed_watts >= view.model.nameplate_watts
+
+
+def test_unverified_command_marks_unresponsive_until_retry(config: HashgovConfig) -> None:
+    tracker = FleetTracker(config)
+    tracker.observe(read("row1-01", 1.0, mining=True))
+    tracker.command_sent(result("row1-01", CommandKind.STOP, CommandOutcome.UNVERIFIED), 2.0)
+    assert tracker.view("row1-01", 3.0).status is MinerStatus.UNRESPONSIVE
+    later = 2.0 + UNRESPONSIVE_RETRY_SECONDS + 1
+    tracker.observe(read("row1-01", later, mining=True))
+    assert tracker.view("row1-01", later).status is MinerStatus.MINING
+
+
+def test_miner_that_keeps_mining_after_stop_becomes_unresponsive(config: HashgovConfig) -> None:
+    tracker = FleetTracker(config)
+    tracker.command_sent(result("row1-01", CommandKind.STOP), 1.0)
+    tracker.observe(read("row1-01", 5.0, mining=True))
+    assert tracker.view("row1-01", 5.0).status is MinerStatus.MINING  # once: maybe a reboot
+    tracker.observe(read("row1-01", 15.0, mining=True))
+    assert tracker.view("row1-01", 15.0).status is MinerStatus.UNRESPONSIVE
+
+
+def test_failed_command_changes_no_belief(config: HashgovConfig) -> None:
+    tracker = FleetTracker(config)
+    tracker.observe(read("row1-01", 1.0, mining=True))
+    tracker.command_sent(result("row1-01", CommandKind.STOP, CommandOutcome.TIMEOUT), 2.0)
+    assert tracker.view("row1-01", 2.0).status is MinerStatus.MINING
+
+
+def test_power_limit_from_command_then_read(config: HashgovConfig) -> None:
+    tracker = FleetTracker(config)
+    tracker.observe(read("row1-01", 1.0, mining=True))
+    assert tracker.view("row1-01", 1.0).power_limit_watts == 3000
+    tracker.command_sent(result("row1-01", CommandKind.SET_POWER_LIMIT, watts=2200), 2.0)
+    view = tracker.view("row1-01", 2.0)
+    assert view.power_limit_watts == 2200
+    assert view.assumed_watts == 3000.0, "until a read shows it, the old draw is assumed"
+
+
+def test_reconfigure_keeps_known_miners(config: HashgovConfig) -> None:
+    tracker = FleetTracker(config)
+    tracker.observe(read("row1-01", 1.0, mining=True))
+    smaller = config.model_copy(
+        update={"fleet": config.fleet.model_copy(update={"miners": config.fleet.miners[:2]})}
+    )
+    tracker.reconfigure(smaller)
+    assert tracker.miner_ids == ["row1-01", "row1-02"]
+    assert tracker.view("row1-01", 2.0).status is MinerStatus.MINING
