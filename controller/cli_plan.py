@@ -208,7 +208,7 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
         seed: int = typer.Option(1, "--seed", help="Fleet and sweep seed."),
         as_json: bool = typer.Option(False, "--json", help="No progress on stderr; JSON only."),
         gc_freeze: bool = typer.Option(
-            True, "--gc-freeze/--no-gc-freeze", help="Freeze the long-lived heap first, as the daemon does."
+            True, "--gc-freeze/--no-gc-freeze", help="Freeze the long-lived heap first (recommended for the daemon)."
         ),
     ) -> None:
         """Time plan() over a budget sweep on a random mixed fleet (last line: JSON)."""

@@ -31,6 +31,7 @@ log = structlog.get_logger("hashgov.control")
 # An unexplained meter excess is applied at once and released over this long,
 # so a miner that under-reports keeps the fleet shed instead of oscillating.
 METER_RELEASE_SECONDS = 60.0
+GAP_LOG_INTERVAL_SECONDS = 60.0
 # Non-urgent wake-ups (operator commands, reloads) are spaced at least this far apart.
 MIN_ITERATION_SPACING_SECONDS = 0.2
 
@@ -97,6 +98,7 @@ class ControlLoop:
         self.last: Decision | None = None
         self.fleet_read = asyncio.Event()  # set after the first fleet poll: act only then
         self._last_iteration_at = -float("inf")
+        self._gap_logged_at = -float("inf")
 
     def reconfigure(self, config: HashgovConfig) -> None:
         self.config = config
@@ -110,7 +112,10 @@ class ControlLoop:
 
     def on_telemetry(self, item: Reading | Rejection) -> None:
         """Called for every sample: a drop in budget or a meter above it wakes us now."""
-        if not isinstance(item, Reading) or self.last is None:
+        if not isinstance(item, Reading):
+            return
+        if self.last is None:
+            self.wake(urgent=True)  # the first sample ends the start-up hold
             return
         if item.kind == "site_meter":
             if item.watts > self.last.effective_budget_watts:
@@ -137,14 +142,39 @@ class ControlLoop:
                 return min(now + period, now + (edge - age) + 0.01)
         return now + period
 
-    async def run(self, on_alive: Callable[[], None]) -> None:
+    async def run(self, on_alive: Callable[[], object]) -> None:
         await self.fleet_read.wait()
+        await self._await_first_telemetry(on_alive)
         while True:
             self.iterate()
             on_alive()
             now = self._clock.monotonic()
             deadline = self._next_deadline_seconds(now)
             await self._wait(deadline)
+
+    async def _await_first_telemetry(self, on_alive: Callable[[], object]) -> None:
+        """At start the budget is unknown, not zero: leave the fleet as it is until the
+        first surplus sample arrives, or until stale_after + grace have passed (then the
+        fail-safe applies, as it would for telemetry that went silent)."""
+        site = self.config.site
+        deadline = self._clock.monotonic() + site.stale_after_seconds + site.grace_seconds
+        while not self._has_surplus() and self._clock.monotonic() < deadline:
+            on_alive()  # alive and deliberately holding: keep the watchdog fed
+            waiter = asyncio.ensure_future(self._wake.wait())
+            sleeper = asyncio.ensure_future(self._clock.sleep(min(1.0, deadline - self._clock.monotonic())))
+            try:
+                await asyncio.wait({waiter, sleeper}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                waiter.cancel()
+                sleeper.cancel()
+            self._wake.clear()
+        if not self._has_surplus():
+            log.warning("no_telemetry_at_start", waited_s=site.stale_after_seconds + site.grace_seconds)
+
+    def _has_surplus(self) -> bool:
+        if self._store.streams_of("surplus"):
+            return self._store.latest("surplus") is not None
+        return self._store.latest("plant_output") is not None and self._store.latest("plant_demand") is not None
 
     async def _wait(self, deadline_seconds: float) -> None:
         while True:
@@ -189,6 +219,7 @@ class ControlLoop:
         model_watts = fleet.assumed_watts()
         meter_watts, gap = self._meter_reading(now, model_watts)
         correction = self._meter.update(gap, now)
+        self._report_gap(gap, now)
         effective = max(0.0, capped - correction)
         if gap is not None and meter_watts is not None:
             check = meter_correction(capped, meter_watts, model_watts)
@@ -224,6 +255,23 @@ class ControlLoop:
         self.last = decision
         self._on_decision(decision)
         return decision
+
+    def _report_gap(self, gap_watts: float | None, now: float) -> None:
+        """A meter/model gap above the configured alert level is logged (once a
+        minute while it lasts), not hidden: it means a miner under-reports, an
+        unknown load, or a wrong meter."""
+        alert_watts = self.config.site.meter_gap_alert_kw * 1000.0
+        if gap_watts is None or abs(gap_watts) <= alert_watts:
+            return
+        if now - self._gap_logged_at < GAP_LOG_INTERVAL_SECONDS:
+            return
+        self._gap_logged_at = now
+        log.warning(
+            "meter_model_gap",
+            gap_watts=round(gap_watts),
+            alert_watts=round(alert_watts),
+            correction_watts=round(self._meter.correction_watts),
+        )
 
     def _meter_reading(self, now: float, model_watts: float) -> tuple[float | None, float | None]:
         """The fresh site-meter reading and its gap to the fleet model, if there is one."""

@@ -13,6 +13,7 @@ decide who may switch.
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -55,6 +56,10 @@ class Plan:
     planned_ths: float
     miners: tuple[MinerPlan, ...]  # sorted by miner_id
     notes: tuple[str, ...]
+    # the ramp allowance this plan had (>= planned_watts): unused allowance carries
+    # over to the next plan, up to one step of the fleet, so a slow ramp still lets a
+    # whole miner wake once enough time has passed. None: same as planned_watts.
+    ramp_ceiling_watts: float | None = None
 
     def by_id(self) -> dict[str, MinerPlan]:
         return {m.miner_id: m for m in self.miners}
@@ -126,7 +131,10 @@ class _Limits:
     @property
     def absorbing_dip(self) -> bool:
         """A shortfall within the hysteresis band: throttle, do not switch miners off."""
-        return not self.raise_allowed and self.current_watts - self.limit_watts <= self.hysteresis_watts
+        return (
+            not self.raise_allowed
+            and self.current_watts - self.limit_watts <= self.hysteresis_watts
+        )
 
     @property
     def ramp_binding(self) -> bool:
@@ -164,6 +172,7 @@ class _Census:
     leave: list[MinerPlan]
     uncontrolled_watts: float = 0.0
     sleep_watts: float = 0.0  # every controllable miner asleep
+    largest_step_watts: float = 0.0  # the biggest single increment any controllable miner can take
     current_watts: float = 0.0  # controllable miners as they are now
     full_watts: float = 0.0  # controllable miners at full power (held-off ones asleep)
     held_off: list[MinerView] = field(default_factory=list)  # min off-time still running
@@ -199,7 +208,11 @@ def _take_census(fleet: FleetState, config: HashgovConfig, now_seconds: float) -
         sleep_watts += info.sleep_watts
         held_on = False
         if was_on:
-            known = view.power_limit_watts if view.power_limit_watts is not None else view.measured_watts
+            known = (
+                view.power_limit_watts
+                if view.power_limit_watts is not None
+                else view.measured_watts
+            )
             target = info.max_target_watts if known is None else info.snap(known)
             current_watts += info.max_target_watts if known is None else known
             held_on = since < min_on
@@ -218,12 +231,26 @@ def _take_census(fleet: FleetState, config: HashgovConfig, now_seconds: float) -
             base[key] = [view]
         else:
             members.append(view)
-    census.sleep_watts, census.current_watts, census.full_watts = sleep_watts, current_watts, full_watts
+    census.sleep_watts, census.current_watts, census.full_watts = (
+        sleep_watts,
+        current_watts,
+        full_watts,
+    )
+    census.largest_step_watts = max((_largest_step_watts(i) for i in infos.values()), default=0.0)
     return census
 
 
+def _largest_step_watts(info: _ModelInfo) -> float:
+    """Waking at the lowest target, or the widest gap between two targets."""
+    targets = info.model.targets_watts
+    gaps = [b - a for a, b in itertools.pairwise(targets)]
+    return max([targets[0] - info.sleep_watts, *gaps])
+
+
 _MINER_ID = attrgetter("miner_id")
-_NOT_COMMANDED = frozenset({MinerStatus.UNREACHABLE, MinerStatus.UNRESPONSIVE, MinerStatus.EXCLUDED})
+_NOT_COMMANDED = frozenset(
+    {MinerStatus.UNREACHABLE, MinerStatus.UNRESPONSIVE, MinerStatus.EXCLUDED}
+)
 
 
 def _add_uncontrolled(census: _Census, view: MinerView) -> None:
@@ -264,7 +291,11 @@ def _snap_target(model: ModelConfig, watts: float) -> int:
 
 
 def _limits(
-    budget_watts: float, census: _Census, config: HashgovConfig, now_seconds: float, previous: Plan | None
+    budget_watts: float,
+    census: _Census,
+    config: HashgovConfig,
+    now_seconds: float,
+    previous: Plan | None,
 ) -> _Limits:
     site = config.site
     floor_watts = census.uncontrolled_watts + census.sleep_watts
@@ -275,16 +306,33 @@ def _limits(
         ramp_cap = current_watts + site.ramp_up_watts_per_second * site.control_period_seconds
     else:
         elapsed = max(now_seconds - previous.created_at_seconds, 0.0)
-        ramp_cap = previous.planned_watts + site.ramp_up_watts_per_second * elapsed
+        # allowance left unused by the previous plan (step granularity) carries over,
+        # at most one step: a ramp slower than one step per period still progresses
+        ceiling = (
+            previous.planned_watts
+            if previous.ramp_ceiling_watts is None
+            else previous.ramp_ceiling_watts
+        )
+        carried = min(max(ceiling - previous.planned_watts, 0.0), census.largest_step_watts)
+        ramp_cap = previous.planned_watts + carried + site.ramp_up_watts_per_second * elapsed
     limit = min(budget_watts, max(ramp_cap, floor_watts))
     everything_fits = limit >= full_watts
     # hysteresis: raise load only on real headroom, unless the budget covers everything
     raise_allowed = everything_fits or limit - current_watts > site.hysteresis_watts
     margin = 0.0 if everything_fits else site.hysteresis_watts
     return _Limits(
-        budget_watts, floor_watts, current_watts, full_watts, ramp_cap, limit, raise_allowed, margin,
+        budget_watts,
+        floor_watts,
+        current_watts,
+        full_watts,
+        ramp_cap,
+        limit,
+        raise_allowed,
+        margin,
         site.hysteresis_watts,
-        now_seconds, site.min_on_seconds, site.min_off_seconds,
+        now_seconds,
+        site.min_on_seconds,
+        site.min_off_seconds,
     )
 
 
@@ -325,7 +373,9 @@ def _group(census: _Census, limits: _Limits) -> _Grouping:
         forced = kind != "free"
         ladder = ladders.get((model_id, cap, forced))
         if ladder is None:
-            ladder = ladders[(model_id, cap, forced)] = _ladder(census.infos[model_id].model, cap, forced)
+            ladder = ladders[(model_id, cap, forced)] = _ladder(
+                census.infos[model_id].model, cap, forced
+            )
         grouping.groups.append(Group(ladder, kind, priority, was_on, len(members)))
         grouping.members.append(members)
     return grouping
@@ -376,7 +426,9 @@ def _solve_exactly(grouping: _Grouping, limits: _Limits) -> None:
         miner = ExactMiner(g.ladder, g.priority, g.was_on, must_run, g.kind == "free")
         exact.extend((gi, miner) for _ in range(g.size))
     exact.sort(key=lambda it: -it[1].priority)  # stable: group order breaks ties
-    result = solve_exact([m for _, m in exact], room, room - limits.wake_margin_watts, blocked_below)
+    result = solve_exact(
+        [m for _, m in exact], room, room - limits.wake_margin_watts, blocked_below
+    )
     if result is None or result[0] <= greedy_ths * (1 + EXACT_MIN_GAIN) + 1e-9:
         return
     for gi, _ in exact:
@@ -453,12 +505,23 @@ def _member_plans(grouping: _Grouping, limits: _Limits) -> list[MinerPlan]:
             target = ladder.targets_watts[level - 1]
             watts, ths = float(target), ladder.values_ths[level]
             if g.kind == "held_on":  # reasons name each miner's own time left
-                out += [_miner_plan(v.miner_id, "run", target, watts, ths, _run_reason(v, g.kind, target, why, limits))
-                        for v in run]
+                out += [
+                    _miner_plan(
+                        v.miner_id,
+                        "run",
+                        target,
+                        watts,
+                        ths,
+                        _run_reason(v, g.kind, target, why, limits),
+                    )
+                    for v in run
+                ]
             else:
                 reason = _run_reason(run[0], g.kind, target, why, limits)
                 out += [_miner_plan(v.miner_id, "run", target, watts, ths, reason) for v in run]
-    hysteresis_reason = f"stays asleep: headroom {limits.headroom_watts / 1000:.2f} kW within hysteresis"
+    hysteresis_reason = (
+        f"stays asleep: headroom {limits.headroom_watts / 1000:.2f} kW within hysteresis"
+    )
     for v in grouping.held_off:
         left = limits.off_time_left_seconds(v)
         reason = f"held off: min off-time {left:.0f} s left" if left > 0 else hysteresis_reason
@@ -525,13 +588,27 @@ def plan(
     for g in grouping.groups:
         watts += [n * g.ladder.costs_watts[lvl] for lvl, n in enumerate(g.counts) if n]
         ths += [n * g.ladder.values_ths[lvl] for lvl, n in enumerate(g.counts) if n]
-    return _assemble(now_seconds, budget_watts, miners, math.fsum(watts), math.fsum(ths), _notes(limits, grouping))
+    return _assemble(
+        now_seconds,
+        budget_watts,
+        miners,
+        math.fsum(watts),
+        math.fsum(ths),
+        _notes(limits, grouping),
+        ramp_ceiling_watts=min(limits.ramp_cap_watts, budget_watts),
+    )
 
 
 def _floor_plan(census: _Census, limits: _Limits, now_seconds: float) -> Plan:
     sleep = [
-        MinerPlan(v.miner_id, "sleep", None, float(v.model.sleep_watts), 0.0,
-                  "sleep: budget below the site's floor")
+        MinerPlan(
+            v.miner_id,
+            "sleep",
+            None,
+            float(v.model.sleep_watts),
+            0.0,
+            "sleep: budget below the site's floor",
+        )
         for v in _all_controllable(census)
     ]
     note = (
@@ -552,7 +629,14 @@ def _all_controllable(census: _Census) -> list[MinerView]:
 
 
 def _assemble(
-    now_seconds: float, budget_watts: float, miners: list[MinerPlan], watts: float, ths: float, notes: list[str]
+    now_seconds: float,
+    budget_watts: float,
+    miners: list[MinerPlan],
+    watts: float,
+    ths: float,
+    notes: list[str],
+    ramp_ceiling_watts: float | None = None,
 ) -> Plan:
     miners.sort(key=attrgetter("miner_id"))
-    return Plan(now_seconds, budget_watts, watts, ths, tuple(miners), tuple(notes))
+    ceiling = None if ramp_ceiling_watts is None else max(ramp_ceiling_watts, watts)
+    return Plan(now_seconds, budget_watts, watts, ths, tuple(miners), tuple(notes), ceiling)

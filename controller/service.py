@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import gc
 import json
 import signal
 from collections.abc import Awaitable, Callable, Mapping
@@ -96,7 +97,9 @@ def status_document(
         "measured_watts": None if measured is None else round(measured, 1),
         "planned_watts": round(decision.plan.planned_watts, 1),
         "planned_ths": round(decision.plan.planned_ths, 2),
-        "headroom_watts": None if measured is None else round(decision.capped_budget_watts - measured, 1),
+        "headroom_watts": None
+        if measured is None
+        else round(decision.capped_budget_watts - measured, 1),
         "paused": decision.paused,
         "cap_watts": decision.operator_cap_watts,
         "miners": {state.value: counts.get(state.value, 0) for state in MinerStatus},
@@ -121,7 +124,8 @@ class Service:
         self._driver_factory: DriverFactory = driver_factory or default_driver_factory
         self._stop = asyncio.Event()
         self._status_due = asyncio.Event()
-        self.ready = asyncio.Event()
+        self.ready = asyncio.Event()  # READY=1 sent: the fleet has been read
+        self.acting = asyncio.Event()  # the control loop has made its first decision
         self.metrics_port: int | None = None
         self.operator_state = OperatorState()
         self.decisions = 0
@@ -198,6 +202,7 @@ class Service:
 
     def _on_decision(self, decision: Decision) -> None:
         self.decisions += 1
+        self.acting.set()
         counts = collections.Counter(str(m.status) for m in decision.fleet.miners)
         self.metrics.set_miner_states(counts)
         self.metrics.set_power(
@@ -322,18 +327,22 @@ class Service:
                 reachable = sum(s.reachable for s in snapshot.states.values())
                 log.info("fleet_read", miners=len(snapshot.states), reachable=reachable)
                 self.loop.fleet_read.set()
+                self._announce_ready()
             spent = self.clock.monotonic() - started
             await self.clock.sleep(max(0.0, self.config.fleet.poll_interval_seconds - spent))
 
-    async def _control_forever(self) -> None:
-        def alive() -> None:
-            self.notifier.watchdog()
-            if not self.ready.is_set():
-                self.ready.set()
-                self.notifier.ready(self._status_line())
-                log.info("ready", shadow=self.shadow, miners=len(self.drivers))
+    def _announce_ready(self) -> None:
+        """READY=1 after the first fleet read (the control loop then waits for telemetry)."""
+        # the long-lived heap (config, drivers, pyasic objects) is built: freeze it so
+        # periodic full collections do not rescan it in the control path
+        gc.collect()
+        gc.freeze()
+        self.ready.set()
+        self.notifier.ready("fleet read; waiting for plant telemetry")
+        log.info("ready", shadow=self.shadow, miners=len(self.drivers))
 
-        await self.loop.run(alive)
+    async def _control_forever(self) -> None:
+        await self.loop.run(self.notifier.watchdog)
 
     async def _status_forever(self) -> None:
         last_line = ""

@@ -323,8 +323,12 @@ class TelemetryStore:
                 f"{self.site.stale_after_seconds:g} s)",
             )
         previous = self._latest.get(reading.stream)
-        if previous is not None and previous.source_wall is not None and ts <= previous.source_wall:
-            # equal counts too: a re-delivered retained sample must not refresh freshness
+        if previous is not None and previous.source_wall is not None and (
+            ts < previous.source_wall or (ts == previous.source_wall and reading.watts == previous.watts)
+        ):
+            # an equal timestamp with the same value is a re-delivery (e.g. a retained
+            # sample after a reconnect) and must not refresh freshness; with a new value
+            # it is news from a plant whose clock has coarse resolution, and is kept
             return Rejection(
                 reading.stream,
                 "out_of_order",

@@ -129,3 +129,22 @@ async def test_start_reads_fleet_then_raises_in_stages_most_efficient_first(tmp_
         running = {m.miner_id for m in plan.miners if m.action == "run"}
         s21 = {s.name for s in site.specs if s.model == "Antminer S21"}
         assert s21 <= running, "the most efficient miners (S21, 17.5 J/TH) run first"
+
+
+async def test_start_without_telemetry_holds_then_fails_safe(tmp_path: Path) -> None:
+    """At start the budget is unknown, not zero: the fleet is left as it is until
+    stale_after + grace have passed without a surplus sample; then the fail-safe."""
+    timing = SiteTiming(stale_after_seconds=2.0, grace_seconds=1.0)
+    async with running_site(tmp_path, base_ip="127.20.3.1", timing=timing, publishing=False) as site:
+        first = site.service.loop.last
+        assert first is not None and first.budget.fail_safe
+        assert site.service.store.latest("surplus") is None
+        await eventually(lambda: site.true_watts() < 600, timeout_seconds=15, what="fail-safe shed")
+
+
+async def test_start_with_telemetry_does_not_shed_first(tmp_path: Path) -> None:
+    async with running_site(tmp_path, base_ip="127.20.4.1", surplus_kw=30.0) as site:
+        first = site.service.loop.last
+        assert first is not None and not first.budget.fail_safe
+        assert not any(w.sheds for w in first.commands), "an ample budget at start sheds nothing"
+        assert site.true_watts() > FULL_FLEET_WATTS * 0.97

@@ -224,3 +224,43 @@ async def test_plant_cannot_read_commands_or_status(site_broker: SiteBroker) -> 
             async with asyncio.timeout(1.0):
                 async for message in plant.messages:
                     raise AssertionError(f"plant received {message.topic}: {message.payload!r}")
+
+
+async def test_hashgov_mqtt_link_uses_tls_and_its_credentials_file(site_broker: SiteBroker, tmp_path: Path) -> None:
+    """The daemon's own connection code (not a hand-built client) on the site broker."""
+    from controller.clock import SystemClock
+    from controller.config import MqttConfig, StreamConfig, TlsConfig
+    from controller.mqtt_link import MqttLink
+
+    secret = tmp_path / "mqtt-password"
+    secret.write_text(PASSWORDS["hashgov"] + "\n")
+    config = MqttConfig(
+        host="127.0.0.1",
+        port=site_broker.port,
+        username="hashgov",
+        credentials_file=secret,
+        tls=TlsConfig(ca_file=site_broker.ca_file),
+        streams={"surplus": StreamConfig(kind="surplus", topic="plant/surplus")},
+    )
+    received: list[bytes] = []
+    link = MqttLink(
+        config,
+        will_topic="hashgov/status",
+        handlers={"plant/surplus": lambda topic, payload, wall, mono: received.append(payload)},
+        clock=SystemClock(),
+    )
+    task = asyncio.ensure_future(link.run())
+    try:
+        await asyncio.wait_for(link.wait_connected(), 10)
+        async with _client(site_broker, "plant") as plant:
+            for _ in range(50):  # until the link's subscription is in place
+                await plant.publish("plant/surplus", b"12.5", qos=1)
+                if received:
+                    break
+                await asyncio.sleep(0.1)
+        assert received and received[0] == b"12.5"
+        assert await link.publish("hashgov/status", b'{"state": "online"}', retain=True)
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task

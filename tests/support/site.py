@@ -94,6 +94,7 @@ async def running_site(
     dry_run: bool = False,
     notifier: Notifier | None = None,
     start_mining: bool = True,
+    publishing: bool = True,
 ) -> AsyncIterator[Site]:
     specs = make_specs(count, mix, base_ip)
     async with (
@@ -111,13 +112,15 @@ async def running_site(
                 mode=mode,
             )
         )
-        feeder = Feeder(broker.host, broker.port, fleet.true_total_watts, surplus_kw=surplus_kw)
+        feeder = Feeder(
+            broker.host, broker.port, fleet.true_total_watts, surplus_kw=surplus_kw, publishing=publishing
+        )
         feeder.start()
         service = Service(config_path, options=ServiceOptions(dry_run=dry_run, metrics_port=0), notifier=notifier)
         task = asyncio.ensure_future(service.run())
         site = Site(broker, fleet, feeder, service, config_path, specs, task)
         try:
-            await asyncio.wait_for(service.ready.wait(), 20)
+            await asyncio.wait_for(service.acting.wait(), 30)
             yield site
         finally:
             service.request_stop()

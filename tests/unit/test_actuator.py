@@ -18,18 +18,32 @@ MODEL = load_config(EXAMPLE).fleet.models[0]  # S19j Pro braiins: 1100..3000 W
 
 
 def view(mid: str, status: MinerStatus, limit: int | None = 3000) -> MinerView:
-    return MinerView(mid, MODEL, status, measured_watts=3000.0 if status is MinerStatus.MINING else 30.0, power_limit_watts=limit)
+    return MinerView(
+        mid,
+        MODEL,
+        status,
+        measured_watts=3000.0 if status is MinerStatus.MINING else 30.0,
+        power_limit_watts=limit,
+    )
 
 
 def plan_of(*entries: tuple[str, str, int | None]) -> Plan:
-    miners = tuple(MinerPlan(mid, action, target, 0.0, 0.0, "test") for mid, action, target in entries)  # type: ignore[arg-type]
+    miners = tuple(
+        MinerPlan(mid, action, target, 0.0, 0.0, "test") for mid, action, target in entries
+    )  # type: ignore[arg-type]
     return Plan(0.0, 0.0, 0.0, 0.0, miners, ())
 
 
 class FakeDriver:
     """Records calls; each call waits on a gate so tests control ordering."""
 
-    def __init__(self, mid: str, log: list[tuple[str, str]], gate: asyncio.Event, outcome: CommandOutcome = CommandOutcome.OK) -> None:
+    def __init__(
+        self,
+        mid: str,
+        log: list[tuple[str, str]],
+        gate: asyncio.Event,
+        outcome: CommandOutcome = CommandOutcome.OK,
+    ) -> None:
         self.miner_id = mid
         self.log = log
         self.gate = gate
@@ -54,15 +68,34 @@ class FakeDriver:
 
 
 def test_commands_for_plan_differences() -> None:
-    fleet = FleetState(0.0, (
-        view("a", MinerStatus.MINING), view("b", MinerStatus.SLEEPING), view("c", MinerStatus.MINING),
-        view("d", MinerStatus.UNREACHABLE), view("e", MinerStatus.MINING),
-    ))
-    work = {w.miner_id: w for w in commands_for(plan_of(
-        ("a", "sleep", None), ("b", "run", 2000), ("c", "run", 2000), ("d", "sleep", None), ("e", "run", 3000)
-    ), fleet)}
+    fleet = FleetState(
+        0.0,
+        (
+            view("a", MinerStatus.MINING),
+            view("b", MinerStatus.SLEEPING),
+            view("c", MinerStatus.MINING),
+            view("d", MinerStatus.UNREACHABLE),
+            view("e", MinerStatus.MINING),
+        ),
+    )
+    work = {
+        w.miner_id: w
+        for w in commands_for(
+            plan_of(
+                ("a", "sleep", None),
+                ("b", "run", 2000),
+                ("c", "run", 2000),
+                ("d", "sleep", None),
+                ("e", "run", 3000),
+            ),
+            fleet,
+        )
+    }
     assert [s.kind for s in work["a"].steps] == [CommandKind.STOP] and work["a"].sheds
-    assert [(s.kind, s.watts) for s in work["b"].steps] == [(CommandKind.SET_POWER_LIMIT, 2000), (CommandKind.RESUME, None)]
+    assert [(s.kind, s.watts) for s in work["b"].steps] == [
+        (CommandKind.SET_POWER_LIMIT, 2000),
+        (CommandKind.RESUME, None),
+    ]
     assert not work["b"].sheds and work["b"].pending_watts == 2000
     assert work["c"].sheds and work["c"].steps[0].watts == 2000  # lowering a target is a shed
     assert "d" not in work, "an unreachable miner is not commanded"
@@ -75,12 +108,25 @@ async def test_sheds_first_and_superseded_raises_are_dropped() -> None:
     drivers = {m: FakeDriver(m, log, gate) for m in "abc"}
     results: list[CommandResult] = []
     actuator = Actuator(drivers, ManualClock(), max_concurrency=8, on_result=results.append)
-    fleet = FleetState(0.0, (view("a", MinerStatus.MINING), view("b", MinerStatus.SLEEPING), view("c", MinerStatus.SLEEPING)))
-    actuator.submit(commands_for(plan_of(("a", "sleep", None), ("b", "run", 3000), ("c", "sleep", None)), fleet))
+    fleet = FleetState(
+        0.0,
+        (
+            view("a", MinerStatus.MINING),
+            view("b", MinerStatus.SLEEPING),
+            view("c", MinerStatus.SLEEPING),
+        ),
+    )
+    actuator.submit(
+        commands_for(plan_of(("a", "sleep", None), ("b", "run", 3000), ("c", "sleep", None)), fleet)
+    )
     await asyncio.sleep(0)
     assert log == [("a", "stop")], "the raise waits until the shed finished"
     # a newer plan arrives before the shed finishes: the old raise must not be sent
-    actuator.submit(commands_for(plan_of(("a", "sleep", None), ("b", "sleep", None), ("c", "sleep", None)), fleet))
+    actuator.submit(
+        commands_for(
+            plan_of(("a", "sleep", None), ("b", "sleep", None), ("c", "sleep", None)), fleet
+        )
+    )
     gate.set()
     await actuator.drain()
     assert ("b", "resume") not in log
@@ -109,7 +155,13 @@ async def test_shadow_mode_sends_nothing_but_records() -> None:
     log: list[tuple[str, str]] = []
     gate = asyncio.Event()
     gate.set()
-    actuator = Actuator({"a": FakeDriver("a", log, gate)}, ManualClock(), max_concurrency=2, on_result=lambda r: None, dry_run=True)
+    actuator = Actuator(
+        {"a": FakeDriver("a", log, gate)},
+        ManualClock(),
+        max_concurrency=2,
+        on_result=lambda r: None,
+        dry_run=True,
+    )
     fleet = FleetState(0.0, (view("a", MinerStatus.MINING),))
     actuator.submit(commands_for(plan_of(("a", "sleep", None)), fleet))
     await actuator.drain()

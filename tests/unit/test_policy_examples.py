@@ -30,7 +30,9 @@ def miner(
         miner_id=miner_id,
         model=model,
         status=status or (MinerStatus.MINING if on else MinerStatus.SLEEPING),
-        measured_watts=measured if measured is not None else (float(limit) if limit else float(model.sleep_watts)),
+        measured_watts=measured
+        if measured is not None
+        else (float(limit) if limit else float(model.sleep_watts)),
         power_limit_watts=limit,
         switched_at_seconds=None if switched_ago is None else NOW - switched_ago,
         **extra,  # type: ignore[arg-type]
@@ -118,7 +120,9 @@ def test_excluded_and_unreachable_miners_are_counted_not_commanded() -> None:
 
 
 def test_budget_below_the_floor_sleeps_everything_controllable() -> None:
-    fl = fleet(miner("excl", S21, excluded=True, status=MinerStatus.EXCLUDED), miner("a"), miner("b"))
+    fl = fleet(
+        miner("excl", S21, excluded=True, status=MinerStatus.EXCLUDED), miner("a"), miner("b")
+    )
     p = run(fl, 3.0)
     assert [m.action for m in p.miners] == ["sleep", "sleep", "leave"]
     assert p.planned_watts == 3500 + 35 + 35  # above the budget: nothing more can be shed
@@ -153,7 +157,29 @@ def test_ramp_limits_the_rise_over_the_previous_plan() -> None:
     assert first.planned_watts <= 210 + 5000
     assert any("ramp limit" in n for n in first.notes)
     second = plan(fl, 30_000, bench_config(ramp_up_kw_per_second=1.0), NOW + 2.0, first)
-    assert second.planned_watts <= first.planned_watts + 2000 + 1e-6
+    # two more seconds of ramp, plus what the first plan's allowance left unused
+    assert first.ramp_ceiling_watts is not None
+    assert second.planned_watts <= first.ramp_ceiling_watts + 2000 + 1e-6
+
+
+def test_slow_ramp_still_wakes_miners_once_enough_allowance_accumulated() -> None:
+    # 0.2 kW/s with 1 s between plans: one period's allowance (200 W) is far below the
+    # smallest wake (a miner at its lowest target); unused allowance must carry over
+    config = bench_config(ramp_up_kw_per_second=0.2)
+    fl = fleet(*(miner(f"m{i}", on=False) for i in range(3)))
+    previous = plan(fl, 20_000, config, NOW)
+    woke_at = None
+    for second in range(1, 60):
+        p = plan(fl, 20_000, config, NOW + second, previous)
+        assert previous.ramp_ceiling_watts is not None
+        assert p.planned_watts <= previous.ramp_ceiling_watts + 200 + 1e-6
+        if any(m.action == "run" for m in p.miners):
+            woke_at = second
+            break
+        previous = p
+    assert woke_at is not None, "a slow ramp must not stall below the smallest step"
+    smallest_wake = min(m.model.min_target_watts for m in fl.miners)
+    assert woke_at <= smallest_wake / 200 + 2
 
 
 def test_hysteresis_holds_off_a_wake_on_small_headroom() -> None:
@@ -194,11 +220,15 @@ def test_a_small_dip_is_absorbed_by_throttling_not_by_switching_off() -> None:
     # Budget 200 W under the present 23.6 kW, inside 0.5 kW of hysteresis. Pure
     # water-filling would sleep the S19j (its wake no longer fits); holding it on and
     # trimming the S21s avoids a switch for a wobble.
-    fl = fleet(*(miner(f"s21-{i}", target=2500) for i in range(9)), miner("s19j", S19J_LUX, target=1100))
+    fl = fleet(
+        *(miner(f"s21-{i}", target=2500) for i in range(9)), miner("s19j", S19J_LUX, target=1100)
+    )
     p = run(fl, 23.4, hysteresis_kw=0.5)
     assert p.planned_watts <= 23_400
     assert all(m.action == "run" for m in p.miners)
-    assert p.by_id()["s19j"].reason == "throttled to 1100 W: small dip absorbed without switching off"
+    assert (
+        p.by_id()["s19j"].reason == "throttled to 1100 W: small dip absorbed without switching off"
+    )
 
 
 def test_nan_or_negative_budget_plans_for_nothing() -> None:

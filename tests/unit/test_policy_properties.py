@@ -46,7 +46,22 @@ def _ramp_cap(fleet: FleetState, config: HashgovConfig, previous: Plan | None) -
     rate = config.site.ramp_up_watts_per_second
     if previous is None:
         return current_watts(fleet) + rate * config.site.control_period_seconds
-    return previous.planned_watts + rate * (NOW_SECONDS - previous.created_at_seconds)
+    # unused allowance carries over, at most one step of any miner in the fleet
+    ceiling = (
+        previous.planned_watts
+        if previous.ramp_ceiling_watts is None
+        else previous.ramp_ceiling_watts
+    )
+    carried = min(max(ceiling - previous.planned_watts, 0.0), largest_step_watts(fleet))
+    return previous.planned_watts + carried + rate * (NOW_SECONDS - previous.created_at_seconds)
+
+
+def largest_step_watts(fleet: FleetState) -> float:
+    steps = [0.0]
+    for m in fleet.miners:
+        t = m.model.targets_watts
+        steps += [t[0] - m.model.sleep_watts, *(b - a for a, b in itertools.pairwise(t))]
+    return max(steps)
 
 
 # ------------------------------------------------------------------ budget
@@ -66,11 +81,15 @@ def test_planned_never_exceeds_budget_except_floor(
         assert any("floor" in n for n in result.notes)
     else:
         assert result.planned_watts <= budget + EPS_WATTS
-    assert math.isclose(result.planned_watts, math.fsum(m.planned_watts for m in result.miners), rel_tol=1e-9)
+    assert math.isclose(
+        result.planned_watts, math.fsum(m.planned_watts for m in result.miners), rel_tol=1e-9
+    )
 
 
 @given(st.data(), fleets(), configs(), budgets_kw)
-def test_ramp_limits_rise(data: st.DataObject, fleet: FleetState, config: HashgovConfig, budget_kw: float) -> None:
+def test_ramp_limits_rise(
+    data: st.DataObject, fleet: FleetState, config: HashgovConfig, budget_kw: float
+) -> None:
     previous = data.draw(histories(fleet, config))
     result = plan(fleet, budget_kw * 1000, config, NOW_SECONDS, previous)
     allowed = max(_ramp_cap(fleet, config, previous), floor_watts(fleet))
@@ -81,7 +100,9 @@ def test_ramp_limits_rise(data: st.DataObject, fleet: FleetState, config: Hashgo
 def test_budget_above_everything_runs_every_eligible_miner_at_full_power(
     fleet: FleetState, config: HashgovConfig
 ) -> None:
-    config = config.model_copy(update={"site": config.site.model_copy(update={"ramp_up_kw_per_second": 1e6})})
+    config = config.model_copy(
+        update={"site": config.site.model_copy(update={"ramp_up_kw_per_second": 1e6})}
+    )
     full = sum(
         v.model.max_target_watts if is_controllable(v) else floor_watts(FleetState(0, (v,)))
         for v in fleet.miners
@@ -98,8 +119,10 @@ def test_budget_above_everything_runs_every_eligible_miner_at_full_power(
 # ------------------------------------------------------------------ optimality
 
 
-@given(fleets(max_miners=6, faults=False, history=False, pins=False, initial="on", max_targets=6),
-       st.floats(0.0, 1.1))
+@given(
+    fleets(max_miners=6, faults=False, history=False, pins=False, initial="on", max_targets=6),
+    st.floats(0.0, 1.1),
+)
 def test_within_two_percent_of_brute_force(fleet: FleetState, budget_share: float) -> None:
     config = bench_config()  # no ramp, hysteresis or min times: the bare optimisation
     floor = floor_watts(fleet)
@@ -113,9 +136,21 @@ def test_within_two_percent_of_brute_force(fleet: FleetState, budget_share: floa
     assert result.planned_ths >= 0.98 * best - 1e-9
 
 
-@given(fleets(min_miners=9, max_miners=40, faults=False, history=False, pins=False, priorities=False,
-              initial="on"), st.floats(0.0, 1.0))
-def test_large_fleets_within_one_step_of_the_concave_upper_bound(fleet: FleetState, share: float) -> None:
+@given(
+    fleets(
+        min_miners=9,
+        max_miners=40,
+        faults=False,
+        history=False,
+        pins=False,
+        priorities=False,
+        initial="on",
+    ),
+    st.floats(0.0, 1.0),
+)
+def test_large_fleets_within_one_step_of_the_concave_upper_bound(
+    fleet: FleetState, share: float
+) -> None:
     # Above the exact-search size the water-fill alone decides: it may lose at most
     # about one step to the discrete fit, never more.
     floor = floor_watts(fleet)
@@ -128,10 +163,14 @@ def test_large_fleets_within_one_step_of_the_concave_upper_bound(fleet: FleetSta
 
 
 @given(fleets(min_miners=2, max_miners=30, history=False, initial="on"), st.floats(0.0, 1.1))
-def test_no_one_step_power_move_between_running_miners_gains(fleet: FleetState, budget_share: float) -> None:
+def test_no_one_step_power_move_between_running_miners_gains(
+    fleet: FleetState, budget_share: float
+) -> None:
     config = bench_config()
     floor = floor_watts(fleet)
-    budget = floor + budget_share * sum(v.model.max_target_watts for v in fleet.miners if is_controllable(v))
+    budget = floor + budget_share * sum(
+        v.model.max_target_watts for v in fleet.miners if is_controllable(v)
+    )
     result = plan(fleet, budget, config, NOW_SECONDS)
     if budget < floor:
         return
@@ -146,7 +185,9 @@ def test_no_one_step_power_move_between_running_miners_gains(fleet: FleetState, 
         if d_index == 0:
             continue
         freed = d_targets[d_index] - d_targets[d_index - 1]
-        lost = donor.model.hashrate_ths_at(d_targets[d_index]) - donor.model.hashrate_ths_at(d_targets[d_index - 1])
+        lost = donor.model.hashrate_ths_at(d_targets[d_index]) - donor.model.hashrate_ths_at(
+            d_targets[d_index - 1]
+        )
         for taker, t_target in running:
             if taker is donor:
                 continue
@@ -157,7 +198,9 @@ def test_no_one_step_power_move_between_running_miners_gains(fleet: FleetState, 
             extra = t_targets[t_index + 1] - t_targets[t_index]
             if result.planned_watts - freed + extra > budget + EPS_WATTS:
                 continue
-            gained = taker.model.hashrate_ths_at(t_targets[t_index + 1]) - taker.model.hashrate_ths_at(t_target)
+            gained = taker.model.hashrate_ths_at(
+                t_targets[t_index + 1]
+            ) - taker.model.hashrate_ths_at(t_target)
             assert gained - lost <= tolerance, (donor.miner_id, taker.miner_id, gained, lost)
 
 
@@ -185,7 +228,9 @@ def test_lower_priority_never_runs_while_higher_sleeps_for_budget(
 
 
 @given(fleets(), configs(), budgets_kw)
-def test_min_off_and_min_on_times(fleet: FleetState, config: HashgovConfig, budget_kw: float) -> None:
+def test_min_off_and_min_on_times(
+    fleet: FleetState, config: HashgovConfig, budget_kw: float
+) -> None:
     budget = budget_kw * 1000
     result = plan(fleet, budget, config, NOW_SECONDS)
     by_id = result.by_id()
@@ -211,7 +256,9 @@ def test_min_off_and_min_on_times(fleet: FleetState, config: HashgovConfig, budg
             assert result.planned_watts - freeable + wake_watts > limit + EPS_WATTS, v.miner_id
 
 
-@given(fleets(min_miners=2, max_miners=30, initial="on", faults=False, pins=False), st.floats(0.0, 1.0))
+@given(
+    fleets(min_miners=2, max_miners=30, initial="on", faults=False, pins=False), st.floats(0.0, 1.0)
+)
 def test_min_on_miners_sleep_only_when_freeing_everyone_else_would_not_do(
     fleet: FleetState, share: float
 ) -> None:
@@ -236,9 +283,9 @@ def test_min_on_miners_sleep_only_when_freeing_everyone_else_would_not_do(
 @given(fleets(initial="on", faults=False), st.floats(0.0, 1.0))
 def test_shedding_is_immediate_and_overrides_min_on(fleet: FleetState, share: float) -> None:
     config = bench_config(min_on_seconds=300.0)
-    just_on = FleetState(NOW_SECONDS, tuple(
-        replace(v, switched_at_seconds=NOW_SECONDS - 1.0) for v in fleet.miners
-    ))
+    just_on = FleetState(
+        NOW_SECONDS, tuple(replace(v, switched_at_seconds=NOW_SECONDS - 1.0) for v in fleet.miners)
+    )
     floor = floor_watts(just_on)
     budget = floor + share * (current_watts(just_on) - floor)
     result = plan(just_on, budget, config, NOW_SECONDS)
@@ -246,7 +293,9 @@ def test_shedding_is_immediate_and_overrides_min_on(fleet: FleetState, share: fl
 
 
 @given(fleets(), configs(), budgets_kw)
-def test_excluded_never_commanded_and_targets_valid(fleet: FleetState, config: HashgovConfig, budget_kw: float) -> None:
+def test_excluded_never_commanded_and_targets_valid(
+    fleet: FleetState, config: HashgovConfig, budget_kw: float
+) -> None:
     result = plan(fleet, budget_kw * 1000, config, NOW_SECONDS)
     by_id = result.by_id()
     assert sorted(by_id) == sorted(v.miner_id for v in fleet.miners)
@@ -263,17 +312,21 @@ def test_excluded_never_commanded_and_targets_valid(fleet: FleetState, config: H
 
 
 @given(fleets(), configs(), budgets_kw)
-def test_pinned_never_break_budget(fleet: FleetState, config: HashgovConfig, budget_kw: float) -> None:
-    pinned_all = FleetState(fleet.taken_at_seconds, tuple(
-        replace(v, pinned=not v.excluded) for v in fleet.miners
-    ))
+def test_pinned_never_break_budget(
+    fleet: FleetState, config: HashgovConfig, budget_kw: float
+) -> None:
+    pinned_all = FleetState(
+        fleet.taken_at_seconds, tuple(replace(v, pinned=not v.excluded) for v in fleet.miners)
+    )
     budget = budget_kw * 1000
     result = plan(pinned_all, budget, config, NOW_SECONDS)
     assert result.planned_watts <= max(budget, floor_watts(pinned_all)) + EPS_WATTS
 
 
 @given(st.data(), fleets(), configs(), budgets_kw)
-def test_deterministic(data: st.DataObject, fleet: FleetState, config: HashgovConfig, budget_kw: float) -> None:
+def test_deterministic(
+    data: st.DataObject, fleet: FleetState, config: HashgovConfig, budget_kw: float
+) -> None:
     previous = data.draw(histories(fleet, config))
     first = plan(fleet, budget_kw * 1000, config, NOW_SECONDS, previous)
     shuffled = FleetState(fleet.taken_at_seconds, tuple(data.draw(st.permutations(fleet.miners))))
@@ -283,8 +336,9 @@ def test_deterministic(data: st.DataObject, fleet: FleetState, config: HashgovCo
 # ------------------------------------------------------------------ sequences
 
 
-def _switch_times(fleet: FleetState, budgets_watts: list[float], config: HashgovConfig,
-                  period_seconds: float) -> dict[str, list[float]]:
+def _switch_times(
+    fleet: FleetState, budgets_watts: list[float], config: HashgovConfig, period_seconds: float
+) -> dict[str, list[float]]:
     """Run the loop (plan, apply, repeat) and record when each miner switched on/off."""
     switches: dict[str, list[float]] = {v.miner_id: [] for v in fleet.miners}
     previous: Plan | None = None
@@ -302,8 +356,13 @@ def _switch_times(fleet: FleetState, budgets_watts: list[float], config: Hashgov
     return switches
 
 
-@given(fleets(min_miners=3, max_miners=20, faults=False, history=False, initial="on", catalogue_only=True),
-       st.floats(0.2, 0.9), st.integers(0, 2**32 - 1))
+@given(
+    fleets(
+        min_miners=3, max_miners=20, faults=False, history=False, initial="on", catalogue_only=True
+    ),
+    st.floats(0.2, 0.9),
+    st.integers(0, 2**32 - 1),
+)
 def test_noisy_budget_switches_at_most_once_per_min_period(
     fleet: FleetState, share: float, seed: int
 ) -> None:
@@ -320,9 +379,16 @@ def test_noisy_budget_switches_at_most_once_per_min_period(
 
 # Catalogue models: every dip of the noise can be absorbed by throttling. (A fleet
 # of fixed-power machines must shed when the budget dips below them: the budget wins.)
-@given(fleets(min_miners=2, max_miners=16, faults=False, history=False, initial="on", catalogue_only=True),
-       st.floats(0.1, 0.9), st.integers(0, 2**32 - 1))
-def test_hysteresis_alone_stops_flapping_at_a_boundary(fleet: FleetState, share: float, seed: int) -> None:
+@given(
+    fleets(
+        min_miners=2, max_miners=16, faults=False, history=False, initial="on", catalogue_only=True
+    ),
+    st.floats(0.1, 0.9),
+    st.integers(0, 2**32 - 1),
+)
+def test_hysteresis_alone_stops_flapping_at_a_boundary(
+    fleet: FleetState, share: float, seed: int
+) -> None:
     config = bench_config(hysteresis_kw=1.0, min_on_seconds=0.0, min_off_seconds=0.0)
     rng = random.Random(seed)
     floor = floor_watts(fleet)

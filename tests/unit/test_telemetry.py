@@ -326,6 +326,15 @@ def test_store_out_of_order_and_duplicate() -> None:
     assert store.rejected_counts[("surplus", "out_of_order")] == 2
 
 
+def test_same_timestamp_with_a_new_value_is_news() -> None:
+    # a plant with one-second timestamps may publish twice in a second: a drop in that
+    # second must not be thrown away as "out of order"
+    store, _ = make_store()
+    store.ingest("surplus", sample(5, WALL - 1), WALL, MONO)
+    r = store.ingest("surplus", sample(2, WALL - 1), WALL + 0.5, MONO + 0.5)
+    assert isinstance(r, Reading) and r.watts == 2_000.0
+
+
 def test_store_stale_and_future() -> None:
     store, _ = make_store(future_tolerance_seconds=2.0)
     assert reason(store.ingest("surplus", sample(5, WALL - 10.5), WALL, MONO)) == "stale"
