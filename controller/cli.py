@@ -39,7 +39,9 @@ def _register_optional() -> None:
     from simulators.bench import poll_bench
 
     poll_bench.register(bench_app)
+    from simulators.bench import scenario as bench_scenario
 
+    bench_scenario.register(bench_app)
     from simulators.miners import cli as sim_miners_cli
 
     sim_miners_cli.register(sim_app)

@@ -34,6 +34,9 @@ NonNegFloat = Annotated[float, Field(ge=0, allow_inf_nan=False)]
 PosFloat = Annotated[float, Field(gt=0, allow_inf_nan=False)]
 NonNegInt = Annotated[int, Field(ge=0)]
 PosInt = Annotated[int, Field(gt=0)]
+# one miner's power: no ASIC draws 100 kW; the bound also keeps target ranges finite
+MinerWatts = Annotated[int, Field(gt=0, le=100_000)]
+MAX_TARGETS_PER_MODEL = 1_000
 
 UNIT_TO_WATTS: dict[str, float] = {"W": 1.0, "kW": 1_000.0, "MW": 1_000_000.0}
 STREAM_KINDS = ("surplus", "plant_output", "plant_demand", "site_meter", "other_load")
@@ -190,15 +193,21 @@ class MqttConfig(_Strict):
 
 
 class PowerRange(_Strict):
-    min_watts: PosInt
-    max_watts: PosInt
-    step_watts: PosInt = 100
+    min_watts: MinerWatts
+    max_watts: MinerWatts
+    step_watts: MinerWatts = 100
 
     @model_validator(mode="after")
     def _ordered(self) -> PowerRange:
         if self.min_watts > self.max_watts:
             raise ValueError(
                 f"min_watts ({self.min_watts}) must not exceed max_watts ({self.max_watts})"
+            )
+        count = (self.max_watts - self.min_watts) // self.step_watts + 1
+        if count > MAX_TARGETS_PER_MODEL:
+            raise ValueError(
+                f"{count} power targets ({self.min_watts}..{self.max_watts} W in steps of "
+                f"{self.step_watts} W); at most {MAX_TARGETS_PER_MODEL} — use a larger step_watts"
             )
         return self
 
@@ -208,12 +217,12 @@ class ModelConfig(_Strict):
 
     model: Annotated[str, Field(min_length=1)]
     firmware: str | None = None  # None: applies to any firmware
-    nameplate_watts: PosInt
+    nameplate_watts: MinerWatts
     nameplate_ths: PosFloat
-    sleep_watts: NonNegInt = 30
+    sleep_watts: Annotated[int, Field(ge=0, le=100_000)] = 30
     boot_seconds: NonNegFloat = 120.0
     power_range: PowerRange | None = None
-    profiles_watts: tuple[PosInt, ...] | None = None
+    profiles_watts: Annotated[tuple[MinerWatts, ...], Field(min_length=1, max_length=MAX_TARGETS_PER_MODEL)] | None = None
     # (watts, TH/s) points; hashrate between points is interpolated linearly.
     hashrate_curve: tuple[tuple[PosFloat, NonNegFloat], ...]
 
@@ -484,6 +493,14 @@ def _read_toml(path: Path) -> dict[str, Any]:
         ) from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(str(path), [ConfigProblem("(syntax)", _MISSING, str(exc))]) from None
+    except UnicodeDecodeError:
+        raise ConfigError(
+            str(path), [ConfigProblem("(file)", _MISSING, "not UTF-8 text")]
+        ) from None
+    except OSError as exc:  # a directory, an I/O error: still a config problem, named
+        raise ConfigError(
+            str(path), [ConfigProblem("(file)", _MISSING, exc.strerror or type(exc).__name__)]
+        ) from None
 
 
 def load_inventory(path: Path) -> list[dict[str, Any]]:
@@ -507,15 +524,22 @@ def parse_config(
     data = dict(data)
     fleet = data.get("fleet")
     problems: list[ConfigProblem] = []
-    if isinstance(fleet, dict) and fleet.get("inventory_files"):
+    inventory = fleet.get("inventory_files") if isinstance(fleet, dict) else None
+    existing = fleet.get("miners", []) if isinstance(fleet, dict) else None
+    # wrong types (inventory_files = 5, miners = "x") are left for validation to name
+    if isinstance(fleet, dict) and isinstance(inventory, list | tuple) and inventory:
         fleet = dict(fleet)
-        merged = list(fleet.get("miners", []))
-        for i, name in enumerate(fleet["inventory_files"]):
+        merged = list(existing) if isinstance(existing, list | tuple) else None
+        for i, name in enumerate(inventory):
+            if not isinstance(name, str | Path):
+                continue  # validation names it: fleet.inventory_files[i]
             inv_path = Path(name)
             if not inv_path.is_absolute() and base_dir is not None:
                 inv_path = base_dir / inv_path
             try:
-                merged.extend(load_inventory(inv_path))
+                found = load_inventory(inv_path)
+                if merged is not None:
+                    merged.extend(found)
             except ConfigError as exc:
                 problems += [
                     ConfigProblem(
@@ -523,7 +547,8 @@ def parse_config(
                     )
                     for p in exc.problems
                 ]
-        fleet["miners"] = merged
+        if merged is not None:
+            fleet["miners"] = merged
         data["fleet"] = fleet
     try:
         config = HashgovConfig.model_validate(data)

@@ -281,6 +281,10 @@ class ControlLoop:
         age = self._store.age_seconds(reading.stream, now)
         if age is None or age > self.config.site.stale_after_seconds:
             return None, None
+        if reading.received_mono < self._tracker.last_poll_at_seconds:
+            # the meter sample predates the miner reads it would be compared with: during
+            # a fast shed it still shows the old draw, and the "gap" would be a phantom
+            return reading.watts, None
         explained = model_watts
         if self.config.site.meter_includes_other_loads:
             explained += sum(

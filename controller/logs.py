@@ -22,6 +22,7 @@ Conventions:
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
@@ -189,8 +190,9 @@ def configure_logging(
     handler.setFormatter(formatter)
     setattr(handler, _HANDLER_MARK, True)
 
+    _settle_foreign_logging()
     root = logging.getLogger()
-    for old in [h for h in root.handlers if getattr(h, _HANDLER_MARK, False)]:
+    for old in [h for h in root.handlers if getattr(h, _HANDLER_MARK, False) or _is_basic_config(h)]:
         root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(numeric)
@@ -208,6 +210,19 @@ def configure_logging(
         cache_logger_on_first_use=False,
     )
     return chosen
+
+
+def _settle_foreign_logging() -> None:
+    """pyasic calls logging.basicConfig and sets the root level to WARNING the first time
+    it is imported. Import it now, before we configure, so it cannot later silence our
+    info events or add its own stderr format."""
+    with contextlib.suppress(ImportError):  # pyasic is a dependency; be safe anyway
+        import pyasic  # noqa: F401
+
+
+def _is_basic_config(handler: logging.Handler) -> bool:
+    """The plain stderr handler logging.basicConfig installs (pyasic does that)."""
+    return type(handler) is logging.StreamHandler and getattr(handler, "stream", None) is sys.stderr
 
 
 def get_logger(component: str, **initial: Any) -> structlog.stdlib.BoundLogger:

@@ -323,6 +323,7 @@ class Service:
             snapshot = await self.poller.poll()
             for state in snapshot.states.values():
                 self.tracker.observe(state)
+            self.tracker.poll_completed(snapshot.taken_at_seconds)
             if not self.loop.fleet_read.is_set():
                 reachable = sum(s.reachable for s in snapshot.states.values())
                 log.info("fleet_read", miners=len(snapshot.states), reachable=reachable)

@@ -228,6 +228,16 @@ RejectHook = Callable[[Rejection], None]
 Handler = Callable[[str, bytes, float, float], None]
 
 
+def _lowers_budget(kind: str, new_watts: float, old_watts: float) -> bool:
+    """Would replacing old with new lower the budget (or leave it)? Less surplus or
+    plant output, more plant demand or other load."""
+    if kind in ("surplus", "plant_output"):
+        return new_watts < old_watts
+    if kind in ("plant_demand", "other_load"):
+        return new_watts > old_watts
+    return False  # the site meter does not set the budget
+
+
 class TelemetryStore:
     """Newest accepted reading per stream; every rejection counted.
 
@@ -295,12 +305,27 @@ class TelemetryStore:
         rejection = self._check(item)
         if rejection is not None:
             self._reject(rejection, item.received_mono)
+            self._keep_if_safer(item, rejection)
             return rejection
         self._latest[item.stream] = item
         self.accepted_counts[item.stream] = self.accepted_counts.get(item.stream, 0) + 1
         if self.on_accept is not None:
             self.on_accept(item)
         return item
+
+    def _keep_if_safer(self, item: Reading, rejection: Rejection) -> None:
+        """A sample whose *timestamp* we cannot trust (our clock stepped, the plant's is
+        off) must never raise the budget, but a drop it reports is still acted on: its
+        value is taken when it lowers the budget, and it refreshes no freshness (the
+        previous sample's times are kept, so stale -> grace -> fail-safe still runs)."""
+        if rejection.reason not in ("future_timestamp", "stale"):
+            return
+        previous = self._latest.get(item.stream)
+        if previous is None or not _lowers_budget(item.kind, item.watts, previous.watts):
+            return
+        self._latest[item.stream] = Reading(
+            item.stream, item.kind, item.watts, previous.source_wall, previous.received_wall, previous.received_mono
+        )
 
     def _check(self, reading: Reading) -> Rejection | None:
         if reading.source_wall is None:

@@ -53,6 +53,9 @@ class FleetTracker:
     def __init__(self, config: HashgovConfig) -> None:
         self._records: dict[str, MinerRecord] = {}
         self.overrides = Overrides()
+        # monotonic time of the newest fleet poll folded in: a site-meter sample older
+        # than this is compared with newer miner reads and would show a phantom gap
+        self.last_poll_at_seconds = -float("inf")
         self.reconfigure(config)
 
     def reconfigure(self, config: HashgovConfig) -> None:
@@ -105,6 +108,9 @@ class FleetTracker:
                 self._mark_unresponsive(rec, state.read_at_seconds, "keeps mining after stop")
         elif not rec.commanded_on and not state.is_mining:
             rec.contradictions = 0
+
+    def poll_completed(self, at_seconds: float) -> None:
+        self.last_poll_at_seconds = max(self.last_poll_at_seconds, at_seconds)
 
     def command_sent(self, result: CommandResult, now_seconds: float) -> None:
         rec = self._records.get(result.miner_id)

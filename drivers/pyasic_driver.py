@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import functools
+import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
@@ -73,8 +74,25 @@ class DriverSettings:
         )
 
 
+@functools.cache
+def import_pyasic() -> None:
+    """Import pyasic without letting it change our log level.
+
+    pyasic's import runs ``pyasic.logger.init_logger()``, which sets the root logger
+    to WARNING: the daemon's configured ``logging.level`` (info, debug) would be
+    silently lost the first time a driver is built. Keep the level we had."""
+    root = logging.getLogger()
+    level = root.level
+    try:
+        import pyasic
+        import pyasic.logger  # noqa: F401
+    finally:
+        root.setLevel(level)
+
+
 def pyasic_class_for(model: str, firmware: str) -> type[Any] | None:
     """pyasic's class for a model on LuxOS/Braiins, from its own table; None if unknown."""
+    import_pyasic()
     from pyasic.miners.factory import MINER_CLASSES, MinerTypes
 
     miner_type = {"luxos": MinerTypes.LUX_OS, "braiins": MinerTypes.BRAIINS_OS}.get(
@@ -92,6 +110,7 @@ def pyasic_class_for(model: str, firmware: str) -> type[Any] | None:
 
 
 def firmware_of(pyasic_miner: Any) -> FirmwareKind:
+    import_pyasic()
     from pyasic.miners.backends.braiins_os import BOSer
     from pyasic.miners.backends.luxminer import LUXMiner
 
@@ -258,6 +277,7 @@ class PyasicDriver:
         async with self._detect_lock:
             if self._miner is not None:
                 return self._miner
+            import_pyasic()
             import pyasic
 
             try:

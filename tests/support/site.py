@@ -31,13 +31,19 @@ class Feeder:
     rate_hz: float = 10.0
     publishing: bool = True
     sent: int = 0
+    username: str | None = None
+    password: str | None = None
     _task: asyncio.Task[None] | None = field(default=None, repr=False)
 
     async def _run(self) -> None:
         while True:
             try:
                 async with aiomqtt.Client(
-                    self.host, self.port, identifier=f"feeder-{id(self)}"
+                    self.host,
+                    self.port,
+                    identifier=f"feeder-{id(self)}",
+                    username=self.username,
+                    password=self.password,
                 ) as client:
                     while True:
                         if self.publishing:
@@ -95,25 +101,39 @@ async def running_site(
     notifier: Notifier | None = None,
     start_mining: bool = True,
     publishing: bool = True,
+    broker_conf: str = "",
+    feeder_username: str | None = None,
+    feeder_password: str | None = None,
+    edit_config: Callable[[str], str] | None = None,
+    feeder_rate_hz: float = 10.0,
 ) -> AsyncIterator[Site]:
+    """``broker_conf``: extra mosquitto config (e.g. a password file); ``feeder_username``
+    / ``feeder_password``: the feeder's MQTT login; ``edit_config``: rewrites the
+    generated daemon config text before the daemon starts."""
     specs = make_specs(count, mix, base_ip)
     async with (
-        MosquittoBroker(workdir=tmp_path / "broker") as broker,
+        MosquittoBroker(workdir=tmp_path / "broker", extra_conf=broker_conf) as broker,
         SimFleet(specs, time_scale=time_scale, start_mining=start_mining) as fleet,
     ):
         config_path = tmp_path / "hashgov.toml"
-        config_path.write_text(
-            site_config_text(
-                specs,
-                broker_port=broker.port,
-                state_dir=tmp_path / "state",
-                grant_cap_kw=grant_cap_kw,
-                timing=timing,
-                mode=mode,
-            )
+        text = site_config_text(
+            specs,
+            broker_port=broker.port,
+            state_dir=tmp_path / "state",
+            grant_cap_kw=grant_cap_kw,
+            timing=timing,
+            mode=mode,
         )
+        config_path.write_text(edit_config(text) if edit_config is not None else text)
         feeder = Feeder(
-            broker.host, broker.port, fleet.true_total_watts, surplus_kw=surplus_kw, publishing=publishing
+            broker.host,
+            broker.port,
+            fleet.true_total_watts,
+            surplus_kw=surplus_kw,
+            rate_hz=feeder_rate_hz,
+            publishing=publishing,
+            username=feeder_username,
+            password=feeder_password,
         )
         feeder.start()
         service = Service(config_path, options=ServiceOptions(dry_run=dry_run, metrics_port=0), notifier=notifier)

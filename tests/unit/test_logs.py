@@ -127,3 +127,23 @@ def test_once_per_key() -> None:
     assert once.first(("surplus", "nan"))
     assert once.first("b") and once.first("c")  # evicts the oldest
     assert once.first(("surplus", "nan"))
+
+
+def test_pyasic_import_cannot_silence_info_events() -> None:
+    """pyasic calls logging.basicConfig and sets the root to WARNING on first import;
+    in a fresh process (pyasic not yet imported) configure first, import pyasic after,
+    as the daemon does: info events must still come out, in our format only."""
+    import subprocess
+    import sys
+
+    code = (
+        "import io, logging, structlog\n"
+        "from controller.logs import configure_logging\n"
+        "buf = io.StringIO()\n"
+        "configure_logging('json', 'info', stream=buf)\n"
+        "import pyasic\n"
+        "structlog.get_logger('t').info('still_heard')\n"
+        "print(buf.getvalue().strip())\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert '"event": "still_heard"' in result.stdout, result.stdout + result.stderr

@@ -378,3 +378,19 @@ def test_store_topic_handlers() -> None:
     latest = store.latest("other_load")
     assert latest is not None and latest.watts == 12_000.0
     assert store.ingest_topic("unknown/topic", b"1", WALL, MONO) is None
+
+
+def test_untrusted_timestamp_can_still_lower_but_never_raise() -> None:
+    """Our clock stepped back (or the plant's is ahead): its samples look like the
+    future. A drop they report is taken at once; a rise is not; freshness is not
+    refreshed either way."""
+    store, _ = make_store(future_tolerance_seconds=2.0)
+    store.ingest("surplus", sample(20, WALL), WALL, MONO)
+    ahead = WALL + 60  # 60 s in "the future"
+    assert reason(store.ingest("surplus", sample(30, ahead), WALL + 1, MONO + 1)) == "future_timestamp"
+    latest = store.latest("surplus")
+    assert latest is not None and latest.watts == 20_000.0, "a rise from an untrusted timestamp is ignored"
+    assert reason(store.ingest("surplus", sample(5, ahead + 1), WALL + 2, MONO + 2)) == "future_timestamp"
+    latest = store.latest("surplus")
+    assert latest is not None and latest.watts == 5_000.0, "a drop is acted on"
+    assert latest.received_mono == MONO, "but it does not make the stream look fresh"
