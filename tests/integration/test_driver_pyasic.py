@@ -115,7 +115,8 @@ async def test_unreachable_is_fast(site: Site) -> None:
     assert not state.reachable and state.error
     result = await driver.stop()
     assert result.outcome is CommandOutcome.ERROR
-    assert time.monotonic() - started < 0.8
+    # fast, not a hang: well under one read timeout even on 2 busy CI cores
+    assert time.monotonic() - started < 3.0
 
 
 async def test_blackhole_times_out_not_hangs(site: Site) -> None:
