@@ -10,7 +10,6 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from simulators.bench.scenario_faults import recover_s
 from simulators.bench.scenario_runner import Drop, RunResult
 from simulators.miners.physics import DEFAULT_SLEEP_TAU_SECONDS
 from simulators.truth import TruthMeter
@@ -178,15 +177,7 @@ def figures(run: RunResult, oracle_ths_s: float | None, naive: RunResult | None,
         "controller_cpu_s_measured": run.controller.get("cpu_s_measured"),
         "hashgov_ths_s": _r(meter.hashes_ths_s, 0),
         "oracle_ths_s": _r(oracle_ths_s, 0),
-        # fault scenarios (docs/reliability.md): simulated s from the fault's end until the
-        # true draw is within 10 % of the grant for 10 s; overrides set before a restart
-        # and missing after it
-        "recover_s": _r(recover_s(run.t, run.draw, run.budget, run.recover_from_s), 1)
-        if run.recover_from_s is not None else None,
-        "lost_overrides": run.lost_overrides,
     }
-    if run.faults:
-        out["faults"] = run.faults
     if naive is not None and naive_meter is not None:
         out["naive"] = {
             "utilization": _r(naive_meter.utilization, 4),
