@@ -179,6 +179,8 @@ class FleetTracker:
             rec.contradictions = 0
         if state is None or not state.reachable:
             return MinerStatus.UNREACHABLE
+        if state.is_mining is None and state.watts is None:
+            return MinerStatus.UNREACHABLE  # nothing about its draw: assume the worst
         newer_command = (
             rec.commanded_at_seconds is not None
             and rec.commanded_at_seconds >= state.read_at_seconds

@@ -157,11 +157,10 @@ def _text(value: Any) -> str | None:
 
 
 def has_any_reading(state: MinerState) -> bool:
-    """pyasic turns a refused/closed/garbage port into all-None fields, not an error."""
-    return any(
-        v is not None
-        for v in (state.watts, state.power_limit_watts, state.hashrate_ths, state.uptime_seconds)
-    ) or bool(state.fan_rpm)
+    """pyasic turns a refused/closed/garbage port into all-None fields, not an error.
+    Only power-relevant fields count (draw, power limit, hashrate): a garbled reply
+    that yields fan speeds alone says nothing about what the miner draws."""
+    return any(v is not None for v in (state.watts, state.power_limit_watts, state.hashrate_ths))
 
 
 def state_from_data(

@@ -161,3 +161,13 @@ def test_pyasic_class_from_inventory() -> None:
     assert pyasic_class_for("S19j Pro", "luxos") is lux  # without the make
     assert pyasic_class_for("Nonexistent 9000", "luxos") is None
     assert pyasic_class_for("Antminer S21", "vnish") is None
+
+
+def test_fans_alone_are_not_a_usable_reading() -> None:
+    from drivers.base import MinerState
+    from drivers.mapping import has_any_reading
+
+    assert not has_any_reading(MinerState("m", True, 0.0, fan_rpm=(6000,), uptime_seconds=5.0))
+    assert has_any_reading(MinerState("m", True, 0.0, watts=30.0))
+    assert has_any_reading(MinerState("m", True, 0.0, hashrate_ths=0.0))
+    assert has_any_reading(MinerState("m", True, 0.0, power_limit_watts=2000.0))

@@ -142,3 +142,12 @@ def test_reconfigure_keeps_known_miners(config: HashgovConfig) -> None:
     tracker.reconfigure(smaller)
     assert tracker.miner_ids == ["row1-01", "row1-02"]
     assert tracker.view("row1-01", 2.0).status is MinerStatus.MINING
+
+
+def test_read_without_draw_or_mining_flag_counts_as_unreachable(config: HashgovConfig) -> None:
+    """A garbled reply that yields only fan speeds must not make a 3 kW miner look asleep."""
+    tracker = FleetTracker(config)
+    tracker.observe(MinerState("row1-01", True, 1.0, is_mining=None, watts=None, fan_rpm=(6000,)))
+    view = tracker.view("row1-01", 1.0)
+    assert view.status is MinerStatus.UNREACHABLE
+    assert view.assumed_watts >= view.model.nameplate_watts
