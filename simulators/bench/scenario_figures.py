@@ -10,6 +10,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from simulators.bench.scenario_faults import recover_s
 from simulators.bench.scenario_runner import Drop, RunResult
 from simulators.miners.physics import DEFAULT_SLEEP_TAU_SECONDS
 from simulators.truth import TruthMeter
@@ -177,7 +178,21 @@ def figures(run: RunResult, oracle_ths_s: float | None, naive: RunResult | None,
         "controller_cpu_s_measured": run.controller.get("cpu_s_measured"),
         "hashgov_ths_s": _r(meter.hashes_ths_s, 0),
         "oracle_ths_s": _r(oracle_ths_s, 0),
+        # fault scenarios (docs/reliability.md): simulated s from the fault's end until the
+        # true draw is back within 10 % below the grant for 10 s; overrides set before a
+        # restart and missing after it
+        "recover_s": _r(recover_s(run.t, run.draw, run.budget, run.recover_from_s), 1)
+        if run.recover_from_s is not None else None,
+        "lost_overrides": run.lost_overrides,
     }
+    if out["recover_s"] is not None and run.recover_from_s is not None:
+        # once recovered, does it hold? worst true draw over the grant from then on
+        held_from = run.recover_from_s + out["recover_s"]
+        over = [d - b for t, d, b in zip(run.t, run.draw, run.budget, strict=True)
+                if t >= held_from]
+        out["max_over_after_recover_w"] = _r(max([0.0, *over]), 1)
+    if run.faults:
+        out["faults"] = run.faults
     if naive is not None and naive_meter is not None:
         out["naive"] = {
             "utilization": _r(naive_meter.utilization, 4),

@@ -20,7 +20,7 @@ import os
 import random
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -28,8 +28,9 @@ from typing import Any, Literal
 import aiomqtt
 
 from controller.config import HashgovConfig, load_config
+from simulators.bench import scenario_faults
 from simulators.bench.scenario_spec import Scenario
-from simulators.broker import Broker, start_broker
+from simulators.broker import Broker, free_port, start_broker
 from simulators.miners.fleet import MinerSpec, SimFleet
 from simulators.plant.profile import Profile
 from simulators.plant.publisher import PlantPublisher
@@ -41,7 +42,8 @@ Progress = Callable[[str], None]
 # events (the "plan" event gives decide_ms) when the drivers import it lazily.
 CONTROLLER_CMD = (
     sys.executable, "-c",
-    "import sys, pyasic; from controller.cli import main; sys.argv[0] = 'hashgov'; main()",
+    "import sys, pyasic; from simulators.bench.scenario_faults import install_clock_hook; "
+    "install_clock_hook(); from controller.cli import main; sys.argv[0] = 'hashgov'; main()",
 )
 ControllerKind = Literal["hashgov", "naive"]
 
@@ -72,6 +74,10 @@ class RunResult:
     switches: int = 0
     controller: dict[str, Any] = field(default_factory=dict)
     log_path: Path | None = None
+    faults: dict[str, Any] = field(default_factory=dict)  # scenario_faults.finish() figures
+    recover_from_s: float | None = None  # end of the last fault window (simulated s)
+    lost_overrides: int = 0
+    status_docs: list[tuple[float, float, dict[str, Any]]] = field(default_factory=list)
 
     @property
     def sim_seconds(self) -> float:
@@ -84,6 +90,7 @@ class _Timeline:
     t0: float | None = None  # monotonic start of the measurement
     grant_watts: float = 0.0  # the plant's true grant (latest tick, published or not)
     published_grant_watts: float | None = None  # what a listener last heard
+    surplus_kw: float = 0.0  # the plant's true surplus (latest tick), for the flood's valid samples
 
     def t_sim(self, mono: float | None = None) -> float:
         if self.t0 is None:
@@ -127,7 +134,7 @@ def write_config(
         grant_cap_kw=round(nameplate_kw * sc.grant_cap_frac, 3),
         timing=scaled_timing(sc, nameplate_kw),
         safety_margin_kw=round(sc.timing.safety_margin_frac * nameplate_kw, 3),
-        metrics_port=0,
+        metrics_port=free_port(),  # fixed: a restarted controller serves the same port
     )
     text = text.replace('format = "console"\nlevel = "warning"', 'format = "json"\nlevel = "info"')
     path = workdir / "hashgov.toml"
@@ -170,7 +177,7 @@ def proc_figures(pid: int) -> dict[str, float]:
 async def _publish(
     sc: Scenario,
     publisher: PlantPublisher,
-    client: aiomqtt.Client,
+    broker: Broker,
     tl: _Timeline,
     profile: Profile,
     config: HashgovConfig,
@@ -181,49 +188,74 @@ async def _publish(
     margin = config.site.safety_margin_watts
     next_tick = time.monotonic()
     drop_threshold = 1.0  # W: any real drop counts as a shed event
-    while True:
-        t_sim = tl.t_sim()
-        grant = grant_watts(profile, t_sim, cap, margin)
-        wall = time.time()
-        before = tl.grant_watts
-        tl.grant_watts = grant  # the grant is in force from its publication on
-        sent = await publisher.tick(client, t_sim)
-        if sent:
-            tl.published_grant_watts = grant
-        if tl.t0 is not None and sent and grant < before - drop_threshold:
-            drops.append(Drop(t_sim, wall, before, grant))
-        next_tick += period
-        await asyncio.sleep(max(0.0, next_tick - time.monotonic()))
+    client: aiomqtt.Client | None = None
+    stack = contextlib.AsyncExitStack()
+    try:
+        while True:
+            t_sim = tl.t_sim()
+            grant = grant_watts(profile, t_sim, cap, margin)
+            tl.surplus_kw = profile.value_at(t_sim).surplus_kw
+            wall = time.time()
+            before = tl.grant_watts
+            tl.grant_watts = grant  # the grant is in force from its publication on
+            sent = 0
+            try:  # the broker may be down (fault events): the true grant still moves
+                if client is None:
+                    client = await stack.enter_async_context(aiomqtt.Client(
+                        broker.host, broker.port, identifier=f"scenario-plant-{os.getpid()}"))
+                sent = await publisher.tick(client, t_sim)
+            except aiomqtt.MqttError:
+                client = None
+                await stack.aclose()
+                stack = contextlib.AsyncExitStack()
+            if sent:
+                tl.published_grant_watts = grant
+            if tl.t0 is not None and sent and grant < before - drop_threshold:
+                drops.append(Drop(t_sim, wall, before, grant))
+            next_tick += period
+            await asyncio.sleep(max(0.0, next_tick - time.monotonic()))
+    finally:  # bounded: a disconnect must not hang the run's teardown
+        with contextlib.suppress(aiomqtt.MqttError, TimeoutError):
+            await asyncio.wait_for(stack.aclose(), 2.0)
 
 
 async def _status(host: str, port: int, topic: str, tl: _Timeline, result: RunResult,
                   online: asyncio.Event) -> None:
-    async with aiomqtt.Client(host, port, identifier=f"scenario-status-{os.getpid()}") as client:
-        await client.subscribe(topic, qos=0)
-        async for message in client.messages:
-            payload = message.payload
-            if not isinstance(payload, bytes):
-                continue
-            with contextlib.suppress(ValueError):
-                doc = json.loads(payload)
-                if isinstance(doc, dict) and doc.get("state") == "online":
-                    online.set()
-                    if tl.t0 is not None:
-                        result.planned.append(
-                            (tl.t_sim(), float(doc.get("planned_watts") or 0.0),
-                             float(doc.get("effective_budget_watts") or 0.0))
-                        )
+    while True:  # reconnects: the broker may be killed by a fault event
+        try:
+            async with aiomqtt.Client(host, port,
+                                      identifier=f"scenario-status-{os.getpid()}") as client:
+                await client.subscribe(topic, qos=0)
+                async for message in client.messages:
+                    payload = message.payload
+                    if not isinstance(payload, bytes):
+                        continue
+                    with contextlib.suppress(ValueError):
+                        doc = json.loads(payload)
+                        if isinstance(doc, dict) and tl.t0 is not None:
+                            result.status_docs.append((tl.t_sim(), time.monotonic(), doc))
+                        if isinstance(doc, dict) and doc.get("state") == "online":
+                            online.set()
+                            if tl.t0 is not None:
+                                result.planned.append(
+                                    (tl.t_sim(), float(doc.get("planned_watts") or 0.0),
+                                     float(doc.get("effective_budget_watts") or 0.0))
+                                )
+        except aiomqtt.MqttError:
+            await asyncio.sleep(0.2)
 
 
 async def _faults(sc: Scenario, fleet: SimFleet, tl: _Timeline, progress: Progress) -> None:
     rng = random.Random(sc.seed)
     addresses = list(fleet.miners)
+    pool = list(addresses)  # each miner gets at most one fault: shares are disjoint
     for spec in sorted(sc.faults, key=lambda f: f.at_s):
         wait_real = (spec.at_s - tl.t_sim()) / sc.time_scale
         if wait_real > 0:
             await asyncio.sleep(wait_real)
-        n = max(1, math.ceil(spec.share * len(addresses))) if spec.share > 0 else 0
-        chosen = rng.sample(addresses, min(n, len(addresses)))
+        n = max(1, math.ceil(spec.share * len(addresses) - 1e-9)) if spec.share > 0 else 0
+        chosen = rng.sample(pool, min(n, len(pool)))
+        pool = [a for a in pool if a not in chosen]
         for address in chosen:
             fleet.set_fault(address, spec.fault, **spec.params)
         progress(f"t={tl.t_sim():.0f}s sim: fault {spec.fault} on {len(chosen)} miners")
@@ -267,6 +299,39 @@ async def _sample(sc: Scenario, fleet: SimFleet, tl: _Timeline, result: RunResul
 # ------------------------------------------------------------------ one run
 
 
+def _fault_context(
+    sc: Scenario, config: HashgovConfig, broker: Broker, fleet: SimFleet,
+    specs: list[MinerSpec], tl: _Timeline, result: RunResult, clock_file: Path,
+    kill: Callable[[], Awaitable[None]], start: Callable[[], Awaitable[None]],
+) -> scenario_faults.FaultContext:
+    """What scenario_faults acts on (see simulators/bench/scenario_faults.py)."""
+    from simulators.site import SURPLUS_TOPIC
+
+    site = config.site
+    return scenario_faults.FaultContext(
+        time_scale=sc.time_scale,
+        t_sim=tl.t_sim,
+        broker=broker,
+        fleet=fleet,
+        miner_names=[s.name or s.address for s in specs],  # as site_config_text names them
+        nameplate_kw=result.nameplate_watts / 1000.0,
+        command_topic=f"{config.mqtt.topic_prefix}/command",
+        surplus_topic=SURPLUS_TOPIC,
+        surplus_kw=lambda: tl.surplus_kw,
+        state_dir=site.state_dir,
+        log_path=result.log_path or Path(os.devnull),
+        clock_file=clock_file,
+        kill_controller=kill,
+        start_controller=start,
+        status_docs=result.status_docs,
+        failsafe_after_s=(site.stale_after_seconds + site.grace_seconds) * sc.time_scale,
+        ramp_w_per_real_s=site.ramp_up_kw_per_second * 1000.0,
+        control_period_real_s=site.control_period_seconds,
+        metrics=scenario_faults.MetricsWatch(config.metrics.listen, config.metrics.port, tl.t_sim),
+    )
+
+
+
 async def run_site(
     sc: Scenario,
     profile: Profile,
@@ -280,6 +345,7 @@ async def run_site(
     fleet = SimFleet(specs, time_scale=sc.time_scale)
     tasks: list[asyncio.Task[Any]] = []
     child: asyncio.subprocess.Process | None = None
+    deliberate: set[int] = set()  # pids killed by a fault event (not an early exit)
     try:
         await fleet.start()
         models = [m.model for m in fleet.miners.values()]
@@ -293,63 +359,115 @@ async def run_site(
             config.mqtt.streams, profile, host=broker.host, port=broker.port,
             rate_hz=sc.publish_hz, time_scale=sc.time_scale, meter_watts=fleet.true_total_watts,
         )
-        async with aiomqtt.Client(broker.host, broker.port,
-                                  identifier=f"scenario-plant-{os.getpid()}") as client:
-            tasks.append(asyncio.create_task(
-                _publish(sc, publisher, client, tl, profile, config, result.drops)))
-            online = asyncio.Event()
-            if kind == "hashgov":
-                tasks.append(asyncio.create_task(_status(
-                    broker.host, broker.port, f"{config.mqtt.topic_prefix}/status", tl, result,
-                    online)))
-                log_path = workdir / "hashgov.log"
-                result.log_path = log_path
-                with log_path.open("wb") as log_file:
-                    child = await asyncio.create_subprocess_exec(
-                        *CONTROLLER_CMD, "run", "--config", str(config_path),
-                        stdin=asyncio.subprocess.DEVNULL, stdout=log_file, stderr=log_file,
-                        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-                    )
-                progress(f"[hashgov] controller pid {child.pid}, waiting for its first status")
-                waiter = asyncio.ensure_future(online.wait())
-                ended = asyncio.ensure_future(child.wait())
-                await asyncio.wait({waiter, ended}, timeout=120 + len(specs) / 20,
-                                   return_when=asyncio.FIRST_COMPLETED)
-                waiter.cancel()
-                ended.cancel()
-                if not online.is_set():
-                    raise RuntimeError(f"controller never came online (log: {log_path})")
-            else:
-                from simulators.bench.scenario_naive import NaiveController
+        clock_file = workdir / "clock_offset"
+        clock_file.write_text("0.0")
+        log_path = workdir / "hashgov.log"
+        respawned = asyncio.Event()
 
-                naive = NaiveController(config, sc, lambda: tl.published_grant_watts)
-                tasks.append(asyncio.create_task(naive.run()))
-            await asyncio.sleep(sc.warmup_real_s)
-            before = proc_figures(child.pid) if child is not None else {}
-            tl.t0 = time.monotonic()
-            progress(f"[{kind}] measuring {sc.duration_s:.0f}s sim = {sc.real_duration_s:.0f}s real")
-            tasks.append(asyncio.create_task(_faults(sc, fleet, tl, progress)))
-            sampler = asyncio.create_task(_sample(sc, fleet, tl, result, progress))
-            watch = [sampler] + ([asyncio.ensure_future(child.wait())] if child else [])
-            await asyncio.wait(watch, return_when=asyncio.FIRST_COMPLETED)
-            if not sampler.done():
-                sampler.cancel()
-                raise RuntimeError(f"controller exited early (log: {result.log_path})")
-            sampler.result()
-            if child is not None:
-                after = proc_figures(child.pid)
-                result.controller = {
-                    "rss_mib": round(after.get("VmHWM", 0.0), 1),
-                    "rss_now_mib": round(after.get("VmRSS", 0.0), 1),
-                    "cpu_s": round(after.get("cpu_s", 0.0), 2),
-                    "cpu_s_measured": round(after.get("cpu_s", 0.0) - before.get("cpu_s", 0.0), 2),
-                }
+        async def start_child() -> None:
+            nonlocal child
+            env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+            if any(e.kind == "clock_step" for e in sc.events):
+                env[scenario_faults.CLOCK_ENV] = str(clock_file)
+            with log_path.open("ab") as log_file:
+                child = await asyncio.create_subprocess_exec(
+                    *CONTROLLER_CMD, "run", "--config", str(config_path),
+                    stdin=asyncio.subprocess.DEVNULL, stdout=log_file, stderr=log_file, env=env,
+                )
+            respawned.set()
+
+        async def kill_child() -> None:
+            if child is not None and child.returncode is None:
+                deliberate.add(child.pid)
+                child.kill()
+                await child.wait()
+
+        async def child_exit() -> None:
+            """Returns when the controller exits on its own (not when a fault event kills it)."""
+            while True:
+                proc = child
+                if proc is None:
+                    await asyncio.sleep(0.1)
+                    continue
+                await proc.wait()
+                if proc.pid not in deliberate:
+                    return
+                await respawned.wait()  # a fault event killed it: watch the next one
+                respawned.clear()
+
+        tasks.append(asyncio.create_task(
+            _publish(sc, publisher, broker, tl, profile, config, result.drops)))
+        online = asyncio.Event()
+        if kind == "hashgov":
+            tasks.append(asyncio.create_task(_status(
+                broker.host, broker.port, f"{config.mqtt.topic_prefix}/status", tl, result,
+                online)))
+            result.log_path = log_path
+            log_path.write_bytes(b"")
+            await start_child()
+            assert child is not None
+            progress(f"[hashgov] controller pid {child.pid}, waiting for its first status")
+            waiter = asyncio.ensure_future(online.wait())
+            ended = asyncio.ensure_future(child.wait())
+            await asyncio.wait({waiter, ended}, timeout=120 + len(specs) / 20,
+                               return_when=asyncio.FIRST_COMPLETED)
+            waiter.cancel()
+            ended.cancel()
+            if not online.is_set():
+                raise RuntimeError(f"controller never came online (log: {log_path})")
+        else:
+            from simulators.bench.scenario_naive import NaiveController
+
+            naive = NaiveController(config, sc, lambda: tl.published_grant_watts)
+            tasks.append(asyncio.create_task(naive.run()))
+        await asyncio.sleep(sc.warmup_real_s)
+        before = proc_figures(child.pid) if child is not None else {}
+        tl.t0 = time.monotonic()
+        progress(f"[{kind}] measuring {sc.duration_s:.0f}s sim = {sc.real_duration_s:.0f}s real")
+        tasks.append(asyncio.create_task(_faults(sc, fleet, tl, progress)))
+        ctx: scenario_faults.FaultContext | None = None
+        if kind == "hashgov" and (sc.events or sc.faults):
+            ctx = _fault_context(sc, config, broker, fleet, specs, tl, result, clock_file,
+                                 kill_child, start_child)
+            tasks.append(asyncio.create_task(ctx.metrics.run()))
+            tasks.append(asyncio.create_task(scenario_faults.run_events(ctx, sc.events)))
+        sampler = asyncio.create_task(_sample(sc, fleet, tl, result, progress))
+        exited = asyncio.create_task(child_exit()) if kind == "hashgov" else None
+        watch = [sampler] + ([exited] if exited is not None else [])
+        await asyncio.wait(watch, return_when=asyncio.FIRST_COMPLETED)
+        if exited is not None:
+            exited.cancel()
+        if not sampler.done():
+            sampler.cancel()
+            raise RuntimeError(f"controller exited early (log: {result.log_path})")
+        sampler.result()
+        if ctx is not None:
+            result.faults = scenario_faults.finish(ctx)
+            result.lost_overrides = ctx.lost_overrides
+            result.recover_from_s = (
+                sc.recover_from_s if sc.recover_from_s is not None
+                else result.faults.get("recover_from_s"))
+            progress(f"[hashgov] fault figures: {json.dumps(result.faults)}")
+        elif sc.recover_from_s is not None:
+            result.recover_from_s = sc.recover_from_s
+        if child is not None:
+            after = proc_figures(child.pid)
+            result.controller = {
+                "rss_mib": round(after.get("VmHWM", 0.0), 1),
+                "rss_now_mib": round(after.get("VmRSS", 0.0), 1),
+                "cpu_s": round(after.get("cpu_s", 0.0), 2),
+                "cpu_s_measured": round(after.get("cpu_s", 0.0) - before.get("cpu_s", 0.0), 2),
+            }
         await asyncio.to_thread(write_series, result, workdir / "series.csv")
         return result
     finally:
         for task in tasks:
             task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        if tasks:  # bounded: a fault event's thread (flood) cannot be cancelled
+            done, _pending = await asyncio.wait(tasks, timeout=10.0)
+            for task in done:
+                if not task.cancelled():
+                    task.exception()  # retrieved: the run's own error, if any, is raised
         if child is not None and child.returncode is None:
             with contextlib.suppress(ProcessLookupError):
                 child.terminate()

@@ -15,6 +15,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from simulators.bench.scenario_faults import EventError, EventSpec, parse_events
 from simulators.plant.profile import (
     CsvReplay,
     Dropout,
@@ -26,7 +27,11 @@ from simulators.plant.profile import (
     _sample,
 )
 
-BUILTIN_SCENARIOS = ("smoke", "daily", "trip", "dropout", "flap")
+BUILTIN_SCENARIOS = (
+    "smoke", "daily", "trip", "dropout", "flap",
+    # fault scenarios (docs/reliability.md): [[events]] run by simulators/bench/scenario_faults.py
+    "broker-restart", "broker-outage", "miner-faults", "kill-restart", "flood", "clock-jump",
+)
 DEFAULT_MIX = "Antminer S19j Pro:braiins:2,Antminer S19j Pro:luxos:1,Antminer S21:braiins:1,Antminer S19 XP:luxos:1"
 
 
@@ -80,6 +85,8 @@ class Scenario:
     baseline_period_s: float = 60.0  # simulated
     baseline_threshold_frac: float = 0.0
     grant_cap_frac: float = 1.1
+    events: tuple[EventSpec, ...] = ()  # site fault events (scenario_faults.py)
+    recover_from_s: float | None = None  # recover_s counts from here (default: last event's end)
 
     @property
     def real_duration_s(self) -> float:
@@ -220,6 +227,11 @@ def parse_scenario(doc: dict[str, Any], default_name: str = "scenario") -> Scena
     unknown = set(ctl) - known
     if unknown:
         raise ScenarioError(f"controller: unknown keys {sorted(unknown)}; known: {sorted(known)}")
+    try:
+        events = parse_events(doc.get("events", []))
+    except EventError as exc:
+        raise ScenarioError(str(exc)) from None
+    recover_from = doc.get("recover_from_s")
     baseline = dict(doc.get("baseline", {}))
     count = int(fleet.get("count", 50))
     if count < 1:
@@ -242,6 +254,8 @@ def parse_scenario(doc: dict[str, Any], default_name: str = "scenario") -> Scena
         baseline_period_s=_positive(baseline, "period_s", 60.0),
         baseline_threshold_frac=float(baseline.get("threshold_frac", 0.0)),
         grant_cap_frac=_positive(doc, "grant_cap_frac", 1.1),
+        events=events,
+        recover_from_s=None if recover_from is None else float(recover_from),
     )
 
 
