@@ -22,6 +22,7 @@ from typing import Any
 
 import structlog
 
+from controller import plan_state
 from controller.actuator import Actuator
 from controller.clock import Clock, SystemClock
 from controller.config import EX_CONFIG, ConfigError, HashgovConfig, load_config
@@ -55,6 +56,7 @@ EX_SOFTWARE = 1
 CRASH_WINDOW_SECONDS = 120.0
 MAX_CRASHES_IN_WINDOW = 5
 STATUS_MIN_SPACING_SECONDS = 1.0
+PLAN_SAVE_INTERVAL_SECONDS = 60.0
 OFFLINE_PAYLOAD = b"offline"
 
 DriverFactory = Callable[[HashgovConfig, Clock], Mapping[str, MinerDriver]]
@@ -129,7 +131,8 @@ class Service:
         self.metrics_port: int | None = None
         self.operator_state = OperatorState()
         self.decisions = 0
-        self.last_status: dict[str, Any] | None = None  # the last status document published
+        self.last_status: dict[str, Any] | None = None
+        self._plan_saved_at = -float("inf")  # the last status document published
 
     # ------------------------------------------------------------ building
 
@@ -147,6 +150,11 @@ class Service:
         )
         self.tracker = FleetTracker(config)
         self._load_operator_state()
+        restored = plan_state.restore_switch_times(
+            config.site.state_dir, self.tracker, self.clock.monotonic(), self.clock.wall()
+        )
+        if restored:
+            log.info("switch_times_restored", miners=restored)
         self.drivers: dict[str, MinerDriver] = dict(self._driver_factory(config, self.clock))
         self.poller = FleetPoller(
             self.drivers,
@@ -357,11 +365,25 @@ class Service:
                 )
                 await self.link.publish(self.status_topic, json.dumps(doc).encode(), retain=True)
                 self.last_status = doc
+                await self._save_plan(decision)
                 line = self._status_line()
                 if line != last_line:
                     self.notifier.status(line)
                     last_line = line
             await self.clock.sleep(STATUS_MIN_SPACING_SECONDS)
+
+    async def _save_plan(self, decision: Decision) -> None:
+        """Persist the last plan when it commanded something (or every minute), in a
+        thread: at 10k miners the JSON is large enough to matter in the event loop."""
+        now = self.clock.monotonic()
+        if not decision.commands and now - self._plan_saved_at < PLAN_SAVE_INTERVAL_SECONDS:
+            return
+        self._plan_saved_at = now
+        doc = plan_state.plan_document(decision.plan, self.tracker, now, self.clock.wall())
+        try:
+            await asyncio.to_thread(plan_state.save, self.config.site.state_dir, doc)
+        except OSError as exc:
+            log.error("plan_not_saved", path=str(self.config.site.state_dir), error=str(exc))
 
     def _status_line(self) -> str:
         d = self.loop.last
