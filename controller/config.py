@@ -61,6 +61,9 @@ class SiteConfig(_Strict):
     min_on_seconds: NonNegFloat = 300.0
     min_off_seconds: NonNegFloat = 300.0
     control_period_seconds: PosFloat = 5.0
+    # after a budget drop the fleet's draw must be under the new budget this many
+    # seconds after the commands (by the models' time constants); 0 = off
+    shed_deadline_seconds: NonNegFloat = 1.0
     mode: Literal["control", "shadow"] = "control"
     on_shutdown: Literal["leave", "sleep"] = "leave"
     state_dir: Path = Path("/var/lib/hashgov")
@@ -221,6 +224,10 @@ class ModelConfig(_Strict):
     nameplate_ths: PosFloat
     sleep_watts: Annotated[int, Field(ge=0, le=100_000)] = 30
     boot_seconds: NonNegFloat = 120.0
+    # first-order time constants of the draw: after a new power target, after a stop
+    # (a fast shed sleeps miners when target cuts would settle too slowly)
+    power_tau_seconds: Annotated[float, Field(gt=0, le=3600)] = 3.0
+    sleep_tau_seconds: Annotated[float, Field(gt=0, le=3600)] = 1.0
     power_range: PowerRange | None = None
     profiles_watts: Annotated[tuple[MinerWatts, ...], Field(min_length=1, max_length=MAX_TARGETS_PER_MODEL)] | None = None
     # (watts, TH/s) points; hashrate between points is interpolated linearly.

@@ -23,6 +23,7 @@ from controller.config import HashgovConfig
 from controller.fleet import FleetState
 from controller.operator import OperatorState
 from controller.policy import Plan, plan
+from controller.policy_shed import fast_shed
 from controller.telemetry import Reading, Rejection, TelemetryStore
 from controller.tracker import FleetTracker
 
@@ -95,6 +96,7 @@ class ControlLoop:
         self._wake = asyncio.Event()
         self._urgent = False
         self.previous_plan: Plan | None = None
+        self._last_capped_watts: float | None = None  # grant (after operator cap), last round
         self.last: Decision | None = None
         self.fleet_read = asyncio.Event()  # set after the first fleet poll: act only then
         self._last_iteration_at = -float("inf")
@@ -231,6 +233,12 @@ class ControlLoop:
                     model_watts=round(model_watts),
                 )
         the_plan = plan(fleet, effective, self.config, now, self.previous_plan)
+        if self._last_capped_watts is not None and capped < self._last_capped_watts:
+            # the grant dropped: cut targets settle slowly, so sleep some miners if that
+            # would be too slow. Only on the drop itself (not on meter corrections, not
+            # on later rounds, which see the cut miners still settling).
+            the_plan = fast_shed(the_plan, fleet, self.config.site.shed_deadline_seconds)
+        self._last_capped_watts = capped
         work = commands_for(the_plan, fleet)
         if op.paused:
             work = [w for w in work if w.sheds]  # paused: hold, but the budget still wins

@@ -69,6 +69,7 @@ class FleetPoller:
         self._deadline_seconds = read_timeout_seconds + slack_seconds
         self._clock: Clock = clock or SystemClock()
         self._last: FleetSnapshot | None = None
+        self._resume_at = 0  # inventory index the next poll starts at
 
     @property
     def last(self) -> FleetSnapshot | None:
@@ -96,8 +97,12 @@ class FleetPoller:
     async def poll(self) -> FleetSnapshot:
         started = self._clock.monotonic()
         drivers = self._drivers
-        queue = list(drivers.items())
-        queue.reverse()  # pop() from the end keeps inventory order
+        # Start where the last poll ran out of time: under overload the same tail of the
+        # inventory would otherwise never be read. Without misses, inventory order.
+        items = list(drivers.items())
+        start = self._resume_at % len(items) if items else 0
+        order = items[start:] + items[:start]
+        queue = list(reversed(order))  # pop() from the end
         fresh: dict[str, MinerState] = {}
 
         async def worker() -> None:
@@ -112,6 +117,8 @@ class FleetPoller:
         except TimeoutError:
             pass  # in-flight and queued reads are abandoned; their older state stands
 
+        first_missed = next((i for i, (m, _) in enumerate(order) if m not in fresh), None)
+        self._resume_at = 0 if first_missed is None else (start + first_missed) % len(items)
         previous = self._last.states if self._last is not None else {}
         states: dict[str, MinerState] = {}
         missed: set[str] = set()

@@ -20,6 +20,7 @@ import dataclasses
 import functools
 import logging
 import time
+import zlib
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -31,6 +32,8 @@ from controller.config import FleetConfig, HashgovConfig, MinerConfig, ModelConf
 from drivers.base import CommandKind, CommandOutcome, CommandResult, MinerDriver, MinerState
 from drivers.credentials import CredentialStore, MinerCredentials, load_credentials, redact
 from drivers.mapping import (
+    BOSMINER_LEAN_COMMANDS,
+    BOSMINER_RPC_FIELDS,
     BRAIINS_DETAIL,
     BRAIINS_IDENTITY,
     BRAIINS_READ,
@@ -40,6 +43,7 @@ from drivers.mapping import (
     FirmwareKind,
     MiningThresholds,
     mining_readback,
+    state_from_bosminer_rpc,
     state_from_data,
     unreachable,
 )
@@ -212,7 +216,8 @@ class PyasicDriver:
 
     @property
     def read_include(self) -> tuple[str, ...]:
-        """DataOptions the next regular read asks pyasic for."""
+        """DataOptions the next regular read covers. A BOSer one within
+        BOSMINER_RPC_FIELDS is served by the lean RPC read, not by get_data."""
         include = read_options(self._firmware)
         if self._firmware is FirmwareKind.BRAIINS:
             every = max(1, self._settings.detail_every_reads)
@@ -327,27 +332,52 @@ class PyasicDriver:
 
     # ------------------------------------------------------------ reads
 
+    def _lean(self, miner: Any, include: tuple[str, ...]) -> bool:
+        """BOSer read that one RPC multicommand answers (no get_data, no gRPC)?"""
+        return (
+            self._firmware is FirmwareKind.BRAIINS
+            and BOSMINER_RPC_FIELDS.issuperset(include)
+            and callable(getattr(getattr(miner, "rpc", None), "multicommand", None))
+        )
+
+    async def _get_data(self, miner: Any, include: tuple[str, ...]) -> Any:
+        await self._login_once(miner)
+        return await miner.get_data(include=list(include))
+
     async def _read(self, include: tuple[str, ...], timeout_seconds: float) -> MinerState:
         try:
             miner = await self._ensure_miner()
-
-            async def fetch() -> Any:
-                await self._login_once(miner)
-                return await miner.get_data(include=list(include))
-
+            lean = self._lean(miner, include)
+            fetch: Callable[[], Awaitable[Any]]
+            if lean:
+                # pyasic's own RPC client: on an error reply it falls back to one
+                # connection per command; a refused port gives an empty reply.
+                fetch = functools.partial(miner.rpc.multicommand, *BOSMINER_LEAN_COMMANDS)
+            else:
+                fetch = functools.partial(self._get_data, miner, include)
             data = await self._call(timeout_seconds, "read", fetch)
         except _Failure as failure:
             return unreachable(self._miner_id, self._clock.monotonic(), failure.detail)
-        state = state_from_data(
-            self._miner_id,
-            data,
-            read_at_seconds=self._clock.monotonic(),
-            firmware=self._firmware,
-            thresholds=self._thresholds,
-            asked=include,
-            hostname=self._hostname,
-            mac=self._mac,
-        )
+        if lean:
+            state = state_from_bosminer_rpc(
+                self._miner_id,
+                data,
+                read_at_seconds=self._clock.monotonic(),
+                thresholds=self._thresholds,
+                hostname=self._hostname,
+                mac=self._mac,
+            )
+        else:
+            state = state_from_data(
+                self._miner_id,
+                data,
+                read_at_seconds=self._clock.monotonic(),
+                firmware=self._firmware,
+                thresholds=self._thresholds,
+                asked=include,
+                hostname=self._hostname,
+                mac=self._mac,
+            )
         if state.reachable:
             self._hostname = state.hostname
             self._mac = state.mac
@@ -360,7 +390,12 @@ class PyasicDriver:
             if not state.reachable or self._firmware is not FirmwareKind.BRAIINS:
                 return state
             if BRAIINS_DETAIL[0] in include:
-                self._reads_since_detail = 0
+                # after the first detail read each miner starts at its own offset, so the
+                # fleet's gRPC-heavy detail reads spread over polls instead of all at once
+                first = self._reads_since_detail is None
+                every = max(1, self._settings.detail_every_reads)
+                self._reads_since_detail = (
+                    zlib.crc32(self._miner_id.encode()) % every if first else 0)
                 self._temperature_c, self._fan_rpm = state.temperature_c, state.fan_rpm
                 return state
             if self._reads_since_detail is not None:

@@ -28,6 +28,8 @@ class SiteTiming:
     hysteresis_kw: float = 0.2
     read_timeout_seconds: float = 2.0
     command_timeout_seconds: float = 3.0
+    shed_deadline_seconds: float = 1.0
+    max_concurrency: int = 256
 
 
 def site_config_text(
@@ -59,6 +61,7 @@ def site_config_text(
         f"min_on_seconds = {t.min_on_seconds}",
         f"min_off_seconds = {t.min_off_seconds}",
         f"control_period_seconds = {t.control_period_seconds}",
+        f"shed_deadline_seconds = {t.shed_deadline_seconds}",
         f'mode = "{mode}"',
         f'state_dir = "{state_dir}"',
         "",
@@ -101,6 +104,7 @@ def site_config_text(
         f"poll_interval_seconds = {t.poll_interval_seconds}",
         f"read_timeout_seconds = {t.read_timeout_seconds}",
         f"command_timeout_seconds = {t.command_timeout_seconds}",
+        f"max_concurrency = {t.max_concurrency}",
         "command_retries = 1",
         "",
         "[metrics]",

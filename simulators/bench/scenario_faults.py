@@ -37,8 +37,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from simulators.bench.scenario_fleet import BenchFleet
     from simulators.broker import Broker
-    from simulators.miners.fleet import SimFleet
 
 EVENT_KINDS = ("broker_down", "controller_kill", "operator", "flood", "clock_step")
 CLOCK_ENV = "HASHGOV_BENCH_CLOCK_OFFSET_FILE"
@@ -205,9 +205,10 @@ class FaultContext:
     time_scale: float
     t_sim: Callable[[], float]
     broker: Broker
-    fleet: SimFleet
+    fleet: BenchFleet
     miner_names: list[str]
     nameplate_kw: float
+    max_nameplate_watts: float  # of the largest miner
     command_topic: str
     surplus_topic: str
     surplus_kw: Callable[[], float]  # the plant's true surplus now
@@ -286,7 +287,7 @@ async def _controller_kill(ctx: FaultContext, ev: EventSpec) -> None:
     start_sim, start_mono = ctx.t_sim(), time.monotonic()
     await ctx.kill_controller()
     await _sleep_real(ctx, ev.at_s + ev.duration_s)
-    present = ctx.fleet.true_total_watts()
+    present = (await ctx.fleet.truth()).draw_watts
     offset = ctx.log_path.stat().st_size if ctx.log_path.exists() else 0
     n_docs = len(ctx.status_docs)
     end_sim, end_mono = ctx.t_sim(), time.monotonic()
@@ -323,7 +324,7 @@ async def _controller_kill(ctx: FaultContext, ev: EventSpec) -> None:
             float(first.get("planned_watts") or 0.0) - present, 1),
         "restart_jump_allowed_w": round(
             ctx.ramp_w_per_real_s * (1.0 + 1.5 * ctx.control_period_real_s)
-            + max(ctx.fleet.miners[a].model.nameplate_watts for a in ctx.fleet.miners), 1),
+            + ctx.max_nameplate_watts, 1),
         "overrides_set": sum(len(v) if isinstance(v, list) else 1
                              for v in ctx.overrides_set.values()),
     })

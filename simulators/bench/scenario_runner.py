@@ -27,11 +27,13 @@ from typing import Any, Literal
 
 import aiomqtt
 
+from controller.catalog import find_model
 from controller.config import HashgovConfig, load_config
 from simulators.bench import scenario_faults
+from simulators.bench.scenario_fleet import BenchFleet, make_fleet
 from simulators.bench.scenario_spec import Scenario
 from simulators.broker import Broker, free_port, start_broker
-from simulators.miners.fleet import MinerSpec, SimFleet
+from simulators.miners.fleet import MinerSpec
 from simulators.plant.profile import Profile
 from simulators.plant.publisher import PlantPublisher
 from simulators.site import SiteTiming, site_config_text
@@ -120,6 +122,8 @@ def scaled_timing(sc: Scenario, nameplate_kw: float) -> SiteTiming:
         hysteresis_kw=round(max(0.1, t.hysteresis_frac * nameplate_kw), 3),
         read_timeout_seconds=3.0,
         command_timeout_seconds=5.0,
+        shed_deadline_seconds=t.shed_deadline_s,
+        max_concurrency=max(1, round(t.max_concurrency)),
     )
 
 
@@ -245,9 +249,9 @@ async def _status(host: str, port: int, topic: str, tl: _Timeline, result: RunRe
             await asyncio.sleep(0.2)
 
 
-async def _faults(sc: Scenario, fleet: SimFleet, tl: _Timeline, progress: Progress) -> None:
+async def _faults(sc: Scenario, fleet: BenchFleet, tl: _Timeline, progress: Progress) -> None:
     rng = random.Random(sc.seed)
-    addresses = list(fleet.miners)
+    addresses = [s.address for s in fleet.specs]
     pool = list(addresses)  # each miner gets at most one fault: shares are disjoint
     for spec in sorted(sc.faults, key=lambda f: f.at_s):
         wait_real = (spec.at_s - tl.t_sim()) / sc.time_scale
@@ -256,38 +260,39 @@ async def _faults(sc: Scenario, fleet: SimFleet, tl: _Timeline, progress: Progre
         n = max(1, math.ceil(spec.share * len(addresses) - 1e-9)) if spec.share > 0 else 0
         chosen = rng.sample(pool, min(n, len(pool)))
         pool = [a for a in pool if a not in chosen]
-        for address in chosen:
-            fleet.set_fault(address, spec.fault, **spec.params)
+        await asyncio.gather(*(fleet.set_fault(a, spec.fault, **spec.params) for a in chosen))
         progress(f"t={tl.t_sim():.0f}s sim: fault {spec.fault} on {len(chosen)} miners")
 
 
-async def _sample(sc: Scenario, fleet: SimFleet, tl: _Timeline, result: RunResult,
-                  progress: Progress) -> None:
-    miners = [m.physics for m in fleet.miners.values()]
-    was_on = [not p.is_sleeping(time.monotonic()) for p in miners]
+async def _sample(sc: Scenario, fleet: BenchFleet, tl: _Timeline, result: RunResult,
+                  progress: Progress, measuring: asyncio.Event) -> None:
+    """Truth at sample_hz from the start (a sharded fleet's meter is this sample), recorded
+    from the measurement start to the scenario's end."""
+    transitions_at_start: int | None = None
     period = 1.0 / sc.sample_hz
     next_tick = time.monotonic()
     next_report = 0.0
     while True:
         now = time.monotonic()
+        grant = tl.grant_watts
+        truth = await fleet.truth()
+        if not measuring.is_set():
+            transitions_at_start = truth.transitions
+            next_tick = max(next_tick + period, time.monotonic())
+            await asyncio.sleep(max(0.0, next_tick - time.monotonic()))
+            continue
         t_sim = tl.t_sim(now)
-        draw = 0.0
-        ths = 0.0
-        for i, p in enumerate(miners):
-            draw += p.true_watts(now)
-            ths += p.hashrate_ths(now)
-            on = not p.is_sleeping(now)
-            if on != was_on[i]:
-                was_on[i] = on
-                result.switches += 1
+        if transitions_at_start is None:
+            transitions_at_start = truth.transitions
+        result.switches = truth.transitions - transitions_at_start
         result.t.append(t_sim)
-        result.budget.append(tl.grant_watts)
-        result.draw.append(draw)
-        result.ths.append(ths)
+        result.budget.append(grant)
+        result.draw.append(truth.draw_watts)
+        result.ths.append(truth.hashrate_ths)
         if t_sim >= next_report:
             progress(
                 f"[{result.label}] t={t_sim:7.0f}/{sc.duration_s:.0f}s sim  grant "
-                f"{tl.grant_watts / 1000:8.1f} kW  draw {draw / 1000:8.1f} kW"
+                f"{grant / 1000:8.1f} kW  draw {truth.draw_watts / 1000:8.1f} kW"
             )
             next_report = t_sim + sc.duration_s / 10
         if t_sim >= sc.duration_s:
@@ -300,7 +305,7 @@ async def _sample(sc: Scenario, fleet: SimFleet, tl: _Timeline, result: RunResul
 
 
 def _fault_context(
-    sc: Scenario, config: HashgovConfig, broker: Broker, fleet: SimFleet,
+    sc: Scenario, config: HashgovConfig, broker: Broker, fleet: BenchFleet,
     specs: list[MinerSpec], tl: _Timeline, result: RunResult, clock_file: Path,
     kill: Callable[[], Awaitable[None]], start: Callable[[], Awaitable[None]],
 ) -> scenario_faults.FaultContext:
@@ -315,6 +320,7 @@ def _fault_context(
         fleet=fleet,
         miner_names=[s.name or s.address for s in specs],  # as site_config_text names them
         nameplate_kw=result.nameplate_watts / 1000.0,
+        max_nameplate_watts=max(find_model(s.model, s.firmware).nameplate_watts for s in specs),
         command_topic=f"{config.mqtt.topic_prefix}/command",
         surplus_topic=SURPLUS_TOPIC,
         surplus_kw=lambda: tl.surplus_kw,
@@ -342,13 +348,14 @@ async def run_site(
 ) -> RunResult:
     await asyncio.to_thread(workdir.mkdir, parents=True, exist_ok=True)
     broker = await start_broker()
-    fleet = SimFleet(specs, time_scale=sc.time_scale)
+    fleet = make_fleet(specs, sc.time_scale, sc.shards, workdir)
     tasks: list[asyncio.Task[Any]] = []
     child: asyncio.subprocess.Process | None = None
     deliberate: set[int] = set()  # pids killed by a fault event (not an early exit)
     try:
+        progress(f"[{kind}] starting {len(specs)} simulated miners")
         await fleet.start()
-        models = [m.model for m in fleet.miners.values()]
+        models = [find_model(s.model, s.firmware) for s in specs]
         nameplate_w = float(sum(m.nameplate_watts for m in models))
         result = RunResult(kind, len(specs), sc.time_scale, nameplate_w,
                            float(sum(m.sleep_watts for m in models)))
@@ -357,7 +364,7 @@ async def run_site(
         tl = _Timeline(sc.time_scale)
         publisher = PlantPublisher(
             config.mqtt.streams, profile, host=broker.host, port=broker.port,
-            rate_hz=sc.publish_hz, time_scale=sc.time_scale, meter_watts=fleet.true_total_watts,
+            rate_hz=sc.publish_hz, time_scale=sc.time_scale, meter_watts=fleet.meter_watts,
         )
         clock_file = workdir / "clock_offset"
         clock_file.write_text("0.0")
@@ -397,6 +404,9 @@ async def run_site(
 
         tasks.append(asyncio.create_task(
             _publish(sc, publisher, broker, tl, profile, config, result.drops)))
+        measuring = asyncio.Event()
+        sampler = asyncio.create_task(_sample(sc, fleet, tl, result, progress, measuring))
+        tasks.append(sampler)
         online = asyncio.Event()
         if kind == "hashgov":
             tasks.append(asyncio.create_task(_status(
@@ -423,6 +433,7 @@ async def run_site(
         await asyncio.sleep(sc.warmup_real_s)
         before = proc_figures(child.pid) if child is not None else {}
         tl.t0 = time.monotonic()
+        measuring.set()
         progress(f"[{kind}] measuring {sc.duration_s:.0f}s sim = {sc.real_duration_s:.0f}s real")
         tasks.append(asyncio.create_task(_faults(sc, fleet, tl, progress)))
         ctx: scenario_faults.FaultContext | None = None
@@ -431,7 +442,6 @@ async def run_site(
                                  kill_child, start_child)
             tasks.append(asyncio.create_task(ctx.metrics.run()))
             tasks.append(asyncio.create_task(scenario_faults.run_events(ctx, sc.events)))
-        sampler = asyncio.create_task(_sample(sc, fleet, tl, result, progress))
         exited = asyncio.create_task(child_exit()) if kind == "hashgov" else None
         watch = [sampler] + ([exited] if exited is not None else [])
         await asyncio.wait(watch, return_when=asyncio.FIRST_COMPLETED)

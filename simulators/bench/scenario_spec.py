@@ -28,7 +28,7 @@ from simulators.plant.profile import (
 )
 
 BUILTIN_SCENARIOS = (
-    "smoke", "daily", "trip", "dropout", "flap",
+    "smoke", "daily", "trip", "dropout", "flap", "scale",
     # fault scenarios (docs/reliability.md): [[events]] run by simulators/bench/scenario_faults.py
     "broker-restart", "broker-outage", "miner-faults", "kill-restart", "flood", "clock-jump",
 )
@@ -64,6 +64,10 @@ class ControllerTiming:
     ramp_up_frac_per_s: float = 0.01  # of fleet nameplate per simulated second
     hysteresis_frac: float = 0.002
     safety_margin_frac: float = 0.0
+    # not scaled by K: the controller judges it against the models' time constants,
+    # which the simulator compresses by K too (only the ratio matters)
+    shed_deadline_s: float = 1.0
+    max_concurrency: float = 256.0  # fleet.max_concurrency (reads and commands in flight)
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,6 +79,7 @@ class Scenario:
     profile: dict[str, Any]
     count: int = 50
     mix: str = DEFAULT_MIX
+    shards: int = 0  # simulator processes; 0 = automatic (scenario_fleet.auto_shards)
     seed: int = 1
     faults: tuple[FaultSpec, ...] = ()
     timing: ControllerTiming = ControllerTiming()
@@ -236,6 +241,9 @@ def parse_scenario(doc: dict[str, Any], default_name: str = "scenario") -> Scena
     count = int(fleet.get("count", 50))
     if count < 1:
         raise ScenarioError(f"fleet.count: expected >= 1, got {count}")
+    shards = fleet.get("shards", 0)
+    if isinstance(shards, bool) or not isinstance(shards, int) or not 0 <= shards <= 64:
+        raise ScenarioError(f"fleet.shards: expected an integer 0..64 (0 = auto), got {shards!r}")
     return Scenario(
         name=str(doc.get("name", default_name)),
         description=str(doc.get("description", "")),
@@ -244,6 +252,7 @@ def parse_scenario(doc: dict[str, Any], default_name: str = "scenario") -> Scena
         profile=profile,
         count=count,
         mix=str(fleet.get("mix", DEFAULT_MIX)),
+        shards=shards,
         seed=int(doc.get("seed", 1)),
         faults=tuple(faults),
         timing=ControllerTiming(**{k: float(v) for k, v in ctl.items()}),

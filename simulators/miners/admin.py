@@ -2,6 +2,8 @@
 
     GET    /miners                       every miner's state (true watts, phase, faults)
     GET    /meter                        {"true_total_watts": ...} (the site meter)
+    GET    /truth                        totals: draw_watts, hashrate_ths, transitions
+                                         (cumulative sleep<->awake), sleeping, miners
     POST   /fault   {"address", "fault", "params": {...}}   switch a fault on
     DELETE /fault   {"address", "fault"?}                   clear one fault / all faults
 
@@ -93,6 +95,10 @@ class AdminServer:
                 return 405, {"error": "use GET /meter"}
             return 200, {"true_total_watts": round(fleet.true_total_watts(), 1),
                          "miners": len(fleet.miners)}
+        if path == "/truth":
+            if method != "GET":
+                return 405, {"error": "use GET /truth"}
+            return 200, fleet.truth()._asdict()
         if path == "/fault":
             if method not in ("POST", "DELETE"):
                 return 405, {"error": "use POST or DELETE /fault"}
@@ -119,4 +125,4 @@ class AdminServer:
             except FaultError as exc:
                 return 400, {"error": str(exc)}
             return 200, fleet.miners[address].state()
-        return 404, {"error": f"no such endpoint {path}; try /miners, /meter, /fault"}
+        return 404, {"error": f"no such endpoint {path}; try /miners, /meter, /truth, /fault"}

@@ -42,6 +42,11 @@ def register(sim_app: typer.Typer) -> None:
         sleeping: Annotated[
             bool, typer.Option("--sleeping", help="Start every miner asleep.")
         ] = False,
+        inventory_in: Annotated[
+            Path | None,
+            typer.Option("--inventory", help="Serve exactly these miners (a TOML [[miners]] "
+                         "inventory); replaces --count, --mix and --base-ip."),
+        ] = None,
     ) -> None:
         """Simulated LuxOS / Braiins OS+ miners that pyasic cannot tell from real ones."""
         from simulators.miners.fleet import (
@@ -49,6 +54,7 @@ def register(sim_app: typer.Typer) -> None:
             SimFleet,
             make_specs,
             parse_mix,
+            read_inventory,
             write_inventory,
         )
 
@@ -58,10 +64,16 @@ def register(sim_app: typer.Typer) -> None:
             parse_mix(mix)
         except FleetError as exc:
             raise _fail("--mix", str(exc)) from None
-        try:
-            specs = make_specs(count, mix, base_ip)
-        except FleetError as exc:
-            raise _fail("--base-ip", str(exc)) from None
+        if inventory_in is not None:
+            try:
+                specs = read_inventory(inventory_in)
+            except FleetError as exc:
+                raise _fail("--inventory", str(exc)) from None
+        else:
+            try:
+                specs = make_specs(count, mix, base_ip)
+            except FleetError as exc:
+                raise _fail("--base-ip", str(exc)) from None
         if inventory_out is not None:
             try:
                 write_inventory(specs, inventory_out)

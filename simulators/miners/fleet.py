@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 from controller.catalog import find_model
 from simulators.miners import faults as f
@@ -27,15 +27,27 @@ from simulators.miners.miner import FirmwareName, MinerSpec, SimMiner
 
 __all__ = [
     "FleetError",
+    "FleetTruth",
     "MinerSpec",
     "SimFleet",
     "SimMiner",
     "make_specs",
     "parse_mix",
+    "read_inventory",
     "write_inventory",
 ]
 
 FIRMWARES: tuple[FirmwareName, ...] = ("luxos", "braiins")
+
+
+class FleetTruth(NamedTuple):
+    """The fleet's true totals at one instant."""
+
+    draw_watts: float
+    hashrate_ths: float
+    transitions: int  # sleep <-> awake changes since the fleet started (cumulative)
+    sleeping: int
+    miners: int
 
 
 class FleetError(ValueError):
@@ -177,6 +189,19 @@ class SimFleet:
     def true_total_watts(self) -> float:
         """The site meter: the sum of every miner's true draw."""
         return sum(miner.true_watts() for miner in self.miners.values())
+
+    def truth(self) -> FleetTruth:
+        """Totals of the fleet's true state now (what a benchmark scores against)."""
+        now = self.clock()
+        draw = ths = 0.0
+        transitions = sleeping = 0
+        for miner in self.miners.values():
+            physics = miner.physics
+            draw += physics.true_watts(now)
+            ths += physics.hashrate_ths(now)
+            transitions += physics.transitions
+            sleeping += physics.is_sleeping(now)
+        return FleetTruth(draw, ths, transitions, sleeping, len(self.miners))
 
     # ---------------------------------------------------------------- faults
 
@@ -336,3 +361,33 @@ def write_inventory(specs: Sequence[MinerSpec], path: str | Path) -> None:
         lines.append(f"firmware = {_toml_string(spec.firmware)}")
         lines.append("")
     Path(path).write_text("\n".join(lines), encoding="utf-8")
+
+
+def read_inventory(path: str | Path) -> list[MinerSpec]:
+    """Specs from a TOML inventory (as write_inventory writes it); FleetError names the entry."""
+    from controller.config import ConfigError, load_inventory
+
+    try:
+        entries = load_inventory(Path(path))
+    except ConfigError as exc:
+        raise FleetError(f"inventory {path}: {exc}") from None
+    specs: list[MinerSpec] = []
+    for i, entry in enumerate(entries):
+        where = f"inventory {path}: miners[{i}]"
+        if not isinstance(entry, dict):
+            raise FleetError(f"{where}: must be a table")
+        values = {key: entry.get(key) for key in ("address", "model", "firmware")}
+        for key, value in values.items():
+            if not isinstance(value, str) or not value:
+                raise FleetError(f"{where}.{key}: needs a non-empty string, got {value!r}")
+        name = entry.get("name")
+        if name is not None and not isinstance(name, str):
+            raise FleetError(f"{where}.name: must be a string, got {name!r}")
+        firmware = values["firmware"]
+        if firmware not in FIRMWARES:
+            raise FleetError(f"{where}.firmware: must be one of {FIRMWARES}, got {firmware!r}")
+        specs.append(MinerSpec(address=str(values["address"]), model=str(values["model"]),
+                               firmware=firmware, name=name))
+    if not specs:
+        raise FleetError(f"inventory {path}: no [[miners]] entries")
+    return specs

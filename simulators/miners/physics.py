@@ -65,16 +65,16 @@ class MinerPhysics:
         time_scale: float = 1.0,
         mining: bool = True,
         target_watts: float | None = None,
-        power_tau_seconds: float = DEFAULT_POWER_TAU_SECONDS,
-        sleep_tau_seconds: float = DEFAULT_SLEEP_TAU_SECONDS,
+        power_tau_seconds: float | None = None,  # None: the model's
+        sleep_tau_seconds: float | None = None,
         boot_watts: float | None = None,
     ) -> None:
         if time_scale <= 0:
             raise ValueError(f"time_scale must be > 0, got {time_scale}")
         self.model = model
         self.time_scale = time_scale
-        self.power_tau_seconds = power_tau_seconds / time_scale
-        self.sleep_tau_seconds = sleep_tau_seconds / time_scale
+        self.power_tau_seconds = (power_tau_seconds or model.power_tau_seconds) / time_scale
+        self.sleep_tau_seconds = (sleep_tau_seconds or model.sleep_tau_seconds) / time_scale
         self.boot_seconds = model.boot_seconds / time_scale
         # while booting: control board, fans, PSU idle, no hashing
         self.boot_watts = (
@@ -85,6 +85,8 @@ class MinerPhysics:
         self.default_target_watts = float(model.max_target_watts)
         self.target_watts = float(target_watts if target_watts is not None else self.default_target_watts)
         self._phase = Phase.MINING if mining else Phase.SLEEPING
+        # sleep <-> awake changes so far: exact, where sampling would miss short naps
+        self.transitions = 0
         self._boot_end_seconds = now_seconds
         self._powered_since_seconds = now_seconds
         start = self.target_watts if mining else float(model.sleep_watts)
@@ -119,6 +121,7 @@ class MinerPhysics:
         if self._phase is Phase.BOOTING:
             current = self.boot_watts
         self._phase = Phase.SLEEPING
+        self.transitions += 1
         self._segment = _Segment(
             now_seconds, current, float(self.model.sleep_watts), self.sleep_tau_seconds
         )
@@ -128,11 +131,14 @@ class MinerPhysics:
         self._advance(now_seconds)
         if self._phase is not Phase.SLEEPING:
             return
+        self.transitions += 1
         self._start_boot(now_seconds)
 
     def reboot(self, now_seconds: float) -> None:
         """Power-cycle: boot, then mine at the default target."""
         self._advance(now_seconds)
+        if self._phase is Phase.SLEEPING:
+            self.transitions += 1
         self.target_watts = self.default_target_watts
         self._powered_since_seconds = now_seconds
         self._start_boot(now_seconds)

@@ -1,12 +1,15 @@
 """PyasicDriver against the miner simulator, for each firmware: reads, commands with
-readback, and every fault as the driver sees it. Addresses 127.2.<n>.x."""
+readback, and every fault as the driver sees it. Addresses 127.2.<n>.x (and
+127.1.140-149.x for the BOSer lean-read tests)."""
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from typing import Any
 
 import pytest
 
@@ -192,3 +195,148 @@ async def test_unknown_model_falls_back_to_detection(site: Site) -> None:
     state = await driver.read_state()
     assert state.reachable, state.error
     assert driver.firmware is FirmwareKind(site.firmware)
+
+
+# ------------------------------------------- BOSer lean read (one RPC call)
+# Addresses 127.1.140.x - 127.1.149.x, a fresh /24 per test.
+
+_lean_counter = iter(range(1000))
+
+
+@dataclass
+class Traffic:
+    """Calls made through one pyasic BOSer object, recorded on the instance only."""
+
+    grpc: list[str]
+    logins: int
+    rpc: list[str]
+
+
+def _record(pyasic_miner: object) -> Traffic:
+    traffic = Traffic(grpc=[], logins=0, rpc=[])
+    web: Any = pyasic_miner.web  # type: ignore[attr-defined]
+    rpc: Any = pyasic_miner.rpc  # type: ignore[attr-defined]
+    send, login, multi = web.send_command, web._get_auth, rpc.multicommand
+
+    async def send_command(command: str, *args: Any, **kwargs: Any) -> Any:
+        traffic.grpc.append(command)
+        return await send(command, *args, **kwargs)
+
+    async def get_auth() -> Any:
+        traffic.logins += 1
+        return await login()
+
+    async def multicommand(*commands: str, **kwargs: Any) -> Any:
+        traffic.rpc.append("+".join(commands))
+        return await multi(*commands, **kwargs)
+
+    web.send_command, web._get_auth, rpc.multicommand = send_command, get_auth, multicommand
+    return traffic
+
+
+@pytest.fixture
+async def boser() -> AsyncIterator[tuple[SimFleet, PyasicDriver, Traffic]]:
+    base_ip = f"127.1.{140 + next(_lean_counter) % 10}.1"
+    specs = make_specs(1, "Antminer S19j Pro:braiins:1", base_ip)
+    settings = dataclasses.replace(SETTINGS, detail_every_reads=1000)
+    async with SimFleet(specs, time_scale=TIME_SCALE) as sim:
+        s = specs[0]
+        driver = PyasicDriver(
+            MinerConfig(address=s.address, model=s.model, firmware=s.firmware, name=s.name),
+            model=find_model(s.model, s.firmware),
+            settings=settings,
+        )
+        traffic = _record(await driver.pyasic_miner())
+        first = await driver.read_state()  # detail + identity: get_data, gRPC
+        assert first.reachable, first.error
+        assert traffic.grpc and first.hostname is not None
+        traffic.grpc.clear()
+        traffic.rpc.clear()
+        traffic.logins = 0
+        yield sim, driver, traffic
+
+
+LEAN = "summary+devs+tunerstatus"
+
+
+async def test_braiins_regular_read_is_one_rpc_call_without_grpc(
+    boser: tuple[SimFleet, PyasicDriver, Traffic],
+) -> None:
+    sim, driver, traffic = boser
+    sim_miner = sim.miners[driver.address]
+    sim.set_fault(driver.address, "underreport", percent=10)  # reported draw != true draw
+    before = await driver.read_state()
+    state = await driver.read_state()
+    assert state.reachable, state.error
+    assert traffic.rpc == [LEAN, LEAN] and traffic.grpc == [] and traffic.logins == 0
+    assert state.power_limit_watts == sim_miner.power_target_watts
+    assert state.watts == pytest.approx(sim_miner.reported_watts(), abs=1.0)
+    assert state.watts == pytest.approx(sim_miner.true_watts() * 0.9, rel=0.02)
+    assert state.hashrate_ths == pytest.approx(sim_miner.hashrate_ths(), rel=0.01)
+    assert state.is_mining is True
+    assert state.uptime_seconds is not None and state.uptime_seconds >= 0
+    assert state.errors == ()
+    # carried from the detail read, not re-read
+    assert state.hostname == sim_miner.hostname and state.mac == sim_miner.mac
+    assert state.temperature_c is not None and state.fan_rpm
+    assert (state.temperature_c, state.fan_rpm) == (before.temperature_c, before.fan_rpm)
+
+
+async def test_braiins_sleeping_miner_reads_not_mining_over_rpc(
+    boser: tuple[SimFleet, PyasicDriver, Traffic],
+) -> None:
+    sim, driver, traffic = boser
+    sim_miner = sim.miners[driver.address]
+    sim_miner.stop()  # straight on the simulator: the read alone is under test
+    await asyncio.sleep(0.2)
+    state = await driver.read_state()
+    assert state.reachable, state.error
+    assert sim_miner.is_sleeping
+    assert state.is_mining is False
+    assert state.hashrate_ths == 0.0
+    assert state.watts == pytest.approx(sim_miner.reported_watts(), abs=1.0)
+    assert state.power_limit_watts == sim_miner.power_target_watts
+    assert traffic.grpc == [] and traffic.rpc == [LEAN]
+
+
+async def test_braiins_commands_verify_through_lean_readbacks(
+    boser: tuple[SimFleet, PyasicDriver, Traffic],
+) -> None:
+    sim, driver, traffic = boser
+    sim_miner = sim.miners[driver.address]
+    limit = await driver.set_power_limit(2400)
+    assert limit.outcome is CommandOutcome.OK, limit.detail
+    assert limit.applied_watts == 2400 == sim_miner.power_target_watts
+    stop = await driver.stop()
+    assert stop.outcome is CommandOutcome.OK, stop.detail
+    assert sim_miner.is_sleeping
+    resume = await driver.resume()
+    assert resume.outcome is CommandOutcome.OK, resume.detail
+    assert not sim_miner.is_sleeping
+    # gRPC only for the commands themselves; every readback was the RPC multicommand
+    assert traffic.grpc == ["set_power_target", "pause_mining", "resume_mining"]
+    assert traffic.rpc and set(traffic.rpc) == {LEAN}
+    await asyncio.sleep(120 / TIME_SCALE + 0.5)  # boot
+    state = await driver.read_state()
+    assert state.is_mining is True and state.power_limit_watts == 2400
+
+
+async def test_braiins_lean_read_faults_match_the_get_data_path(
+    boser: tuple[SimFleet, PyasicDriver, Traffic],
+) -> None:
+    sim, driver, traffic = boser
+    sim.set_fault(driver.address, "blackhole")
+    started = time.monotonic()
+    state = await driver.read_state()
+    assert not state.reachable and state.error == "read: no reply within 1 s"
+    assert time.monotonic() - started < SETTINGS.read_timeout_seconds + 0.3
+    sim.clear_fault(driver.address)
+    sim.set_fault(driver.address, "malformed")
+    state = await driver.read_state()
+    assert not state.reachable and "no data in reply" in (state.error or "")
+    sim.clear_fault(driver.address)
+    sim.set_fault(driver.address, "unreachable")
+    await asyncio.sleep(0.1)
+    state = await driver.read_state()
+    assert not state.reachable and "no data in reply" in (state.error or "")
+    assert traffic.grpc == [] and traffic.logins == 0

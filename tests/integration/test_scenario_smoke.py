@@ -10,16 +10,15 @@ import pytest
 
 from simulators.bench.scenario import run_scenario
 from simulators.bench.scenario_spec import load_scenario
-from simulators.miners.physics import DEFAULT_POWER_TAU_SECONDS
 
 pytestmark = [
     pytest.mark.integration,
     pytest.mark.skipif(shutil.which("mosquitto") is None, reason="needs mosquitto"),
 ]
 
-# An exponential approach to a target exactly at the grant stays a few watts above it
-# for several time constants: allow ten throttle time constants (simulated s) of tail.
-SETTLING_SLACK_S = 10 * DEFAULT_POWER_TAU_SECONDS
+# Fast shed sleeps miners on each drop, and a woken miner boots for 120 simulated
+# seconds — a whole step of this short profile — so utilization is well below daily's.
+MIN_UTILIZATION = 0.45
 
 
 @pytest.mark.timeout(90)
@@ -33,8 +32,10 @@ async def test_smoke_scenario_is_safe(tmp_path: Path) -> None:
     assert figs["shed_events"] >= 1  # the 0.8 -> 0.35 step needs a shed
     assert figs["shed_unresolved"] == 0
     floor = figs["shed_floor_s"] or 0.0
-    assert figs["max_violation_s"] <= floor + figs["control_period_s"] + SETTLING_SLACK_S, figs
-    assert figs["utilization"] > 0.7, figs
+    # no settling tail: without the fast shed, cut targets approach the grant from above
+    # for ~20 simulated seconds (more than floor + one control period here)
+    assert figs["max_violation_s"] <= floor + figs["control_period_s"], figs
+    assert figs["utilization"] > MIN_UTILIZATION, figs
     assert 0.0 < figs["oracle_ratio"] <= 1.0, figs
     assert figs["controller_rss_mib"] > 0
     assert figs["controller_cpu_s"] > 0

@@ -51,6 +51,8 @@ async def test_runs_until_sigterm_and_writes_inventory(tmp_path: Path) -> None:
         (["--mix", "garbage"], "--mix"),
         (["--base-ip", "10.0.0.1"], "--base-ip"),
         (["--base-ip", "not-an-ip"], "--base-ip"),
+        (["--inventory", "/nonexistent/inventory.toml"], "--inventory"),
+        (["--inventory", str(Path(__file__))], "--inventory"),  # not TOML
     ],
 )
 def test_bad_arguments_exit_2_without_traceback(args: list[str], argument: str) -> None:

@@ -173,3 +173,9 @@ async def test_admin_api(fleet: SimFleet) -> None:
     assert (await _http(port, "POST", "/fault", {"address": LUX_IP, "fault": "x"}))[0] == 400
     assert (await _http(port, "POST", "/fault", {"address": "127.9.9.9", "fault": "slow"}))[0] == 404
     assert (await _http(port, "GET", "/nope"))[0] == 404
+    fleet.miners[BOS_IP].stop()
+    status, truth = await _http(port, "GET", "/truth")
+    assert status == 200 and isinstance(truth, dict)
+    assert {k: truth[k] for k in ("transitions", "sleeping", "miners")} == {
+        "transitions": 1, "sleeping": 1, "miners": 2}
+    assert 0 < truth["draw_watts"] <= 6050.0 and truth["hashrate_ths"] > 0  # LuxOS one mines

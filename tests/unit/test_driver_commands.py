@@ -4,8 +4,10 @@ secrets, credentials file, and the FleetPoller (no sockets)."""
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import time
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -46,11 +48,44 @@ class FakeWeb:
         self.pwd = "root"
 
 
+class FakeRpc:
+    """pyasic's BOSer RPC client as the lean read uses it: multicommand only."""
+
+    def __init__(self, miner: FakeMiner) -> None:
+        self.miner = miner
+        self.fail_next: list[BaseException | str | dict[str, Any]] = []  # or a reply
+
+    async def multicommand(self, *commands: str, allow_warning: bool = True) -> dict[str, Any]:
+        m = self.miner
+        m.calls.append("rpc:" + "+".join(commands))
+        if self.fail_next:
+            item = self.fail_next.pop(0)
+            if item == "hang":
+                await asyncio.sleep(3600)
+            if isinstance(item, dict):
+                return item
+            assert isinstance(item, BaseException)
+            raise item
+        mhs = 100e6 if m.mining else 0.0
+        return {
+            "summary": [{"SUMMARY": [{"MHS 1m": mhs, "Elapsed": 60}]}],
+            "devs": [{"DEVS": [{"MHS 5s": mhs}]}],
+            "tunerstatus": [{"TUNERSTATUS": [{
+                "PowerLimit": m.limit_watts,
+                "ApproximateMinerPowerConsumption": m.limit_watts if m.mining else 30,
+                "TunerChainStatus": [{"HashchainIndex": 0, "Status": "Stable"}],
+            }]}],
+            "id": 1,
+            "multicommand": True,
+        }
+
+
 class FakeMiner:
     """Just enough of a pyasic miner: state + scripted failures."""
 
     def __init__(self) -> None:
         self.web = FakeWeb()
+        self.rpc = FakeRpc(self)
         self.limit_watts = 3000
         self.mining = True
         self.obey = True
@@ -81,6 +116,8 @@ class FakeMiner:
             is_mining=self.mining,
         )
         data.wattage_limit = self.limit_watts
+        if include is not None and "hostname" in include:
+            data.hostname, data.mac = "bos-1", "02:00:00:00:00:09"
         return data
 
     async def set_power_limit(self, wattage: int) -> bool:
@@ -325,6 +362,21 @@ async def test_poller_keeps_previous_state_for_missed_miners() -> None:
     assert second.age_seconds("slow", second.taken_at_seconds) > 0
 
 
+async def test_overloaded_polls_reach_every_miner_in_turn() -> None:
+    # each poll has room for ~4 of 10 reads; without starting at the last poll's misses
+    # the same tail of the inventory would never be read
+    drivers: dict[str, MinerDriver] = {
+        f"m{i}": ScriptedDriver(f"m{i}", delay_seconds=0.05) for i in range(10)}
+    poller = FleetPoller(drivers, max_concurrency=1, read_timeout_seconds=0.17, slack_seconds=0.05)
+    read: set[str] = set()
+    for _ in range(4):
+        snap = await poller.poll()
+        assert 0 < len(snap.missed) < 10
+        read |= set(drivers) - snap.missed
+    assert read == set(drivers)
+    assert list(snap.states) == list(drivers)  # snapshots stay in inventory order
+
+
 async def test_snapshot_uses_injected_clock() -> None:
     clock = ManualClock(start_monotonic=500.0)
     poller = FleetPoller(
@@ -355,7 +407,118 @@ async def test_braiins_detail_fields_every_nth_read() -> None:
     settings = DriverSettings(read_timeout_seconds=0.3, detail_every_reads=3)
     driver = _driver(fake, settings=settings)
     states = [await driver.read_state() for _ in range(4)]
-    detailed = ["hashboards" in inc for inc in seen]
-    assert detailed == [True, False, False, True]
+    # detail reads go through get_data; the ones between are one RPC multicommand
+    lean = "rpc:summary+devs+tunerstatus"
+    assert fake.calls == ["get_data", lean, lean, "get_data"]
+    assert all("hashboards" in inc for inc in seen)
     assert "hostname" in seen[0]
     assert all(s.temperature_c == 61 for s in states)  # carried forward between details
+    assert states[1].watts == 3000 and states[1].power_limit_watts == 3000
+    assert states[1].hashrate_ths == pytest.approx(100.0) and states[1].is_mining is True
+    assert zlib.crc32(b"m1") % 3 == 0  # "m1" starts its cycle at 0: the order above holds
+
+
+async def test_detail_reads_of_a_fleet_are_spread_over_polls() -> None:
+    every = 4
+    second_detail_at: list[int] = []
+    for i in range(24):
+        fake = FakeMiner()
+        miner = MinerConfig(address="127.9.9.9", model="Antminer S19j Pro", firmware="braiins",
+                            name=f"miner-{i}")
+        driver = PyasicDriver(miner, model=find_model("Antminer S19j Pro", "braiins"),
+                              settings=DriverSettings(read_timeout_seconds=0.3,
+                                                      detail_every_reads=every),
+                              pyasic_miner=fake)
+        for _ in range(2 * every):
+            await driver.read_state()
+        details = [n for n, call in enumerate(fake.calls) if call == "get_data"]
+        assert details[0] == 0 and all(b - a == every for a, b in itertools.pairwise(details[1:]))
+        second_detail_at.append(details[1])
+    # every miner still gets a detail read every `every` polls, but not all on the same one
+    assert set(second_detail_at) <= set(range(1, every + 1))
+    assert len(set(second_detail_at)) >= 3
+
+
+async def _after_detail_read(fake: FakeMiner) -> PyasicDriver:
+    driver = _driver(fake, settings=DriverSettings(read_timeout_seconds=0.3, detail_every_reads=100))
+    assert (await driver.read_state()).reachable  # the detail + identity read
+    fake.calls.clear()
+    return driver
+
+
+async def test_braiins_readbacks_are_lean_rpc_reads() -> None:
+    fake = FakeMiner()
+    driver = _driver(fake)
+    assert (await driver.set_power_limit(2300)).ok
+    assert (await driver.stop()).ok
+    assert (await driver.resume()).ok
+    assert "get_data" not in fake.calls
+    assert fake.calls.count("rpc:summary+devs+tunerstatus") == 3
+
+
+async def test_luxos_never_uses_the_lean_read() -> None:
+    fake = FakeMiner()
+    driver = _driver(fake, firmware="luxos")
+    await driver.read_state()
+    await driver.read_state()
+    assert (await driver.stop()).ok
+    assert not [c for c in fake.calls if c.startswith("rpc:")]
+
+
+async def test_lean_read_timeout_is_unreachable_with_the_read_timeout() -> None:
+    fake = FakeMiner()
+    driver = await _after_detail_read(fake)
+    fake.rpc.fail_next = ["hang"]
+    started = time.monotonic()
+    state = await driver.read_state()
+    assert time.monotonic() - started < 0.6
+    assert not state.reachable and state.error == "read: no reply within 0.3 s"
+
+
+@pytest.mark.parametrize(
+    ("failure", "words"),
+    [
+        (APIError("Decode Error Expecting value: {"), "APIError"),
+        (KeyError("STATUS"), "KeyError"),
+        (AttributeError("'list' object has no attribute 'keys'"), "AttributeError"),
+        ({"multicommand": True}, "no data in reply"),  # what a refused port gives
+        ({"summary": [{"SUMMARY": [{"MHS 1m": "x"}]}], "multicommand": True}, "no data in reply"),
+    ],
+)
+async def test_lean_read_failures_are_unreachable_never_raised(
+    failure: BaseException | dict[str, Any], words: str
+) -> None:
+    fake = FakeMiner()
+    driver = await _after_detail_read(fake)
+    fake.rpc.fail_next = [failure]
+    state = await driver.read_state()
+    assert not state.reachable and state.error is not None and words in state.error
+    assert fake.calls == ["rpc:summary+devs+tunerstatus"]
+    # the next read is fine again and keeps identity and carried-forward detail
+    state = await driver.read_state()
+    assert state.reachable and state.watts == 3000
+
+
+async def test_lean_read_keeps_identity_from_the_detail_read() -> None:
+    fake = FakeMiner()
+    driver = await _after_detail_read(fake)
+    state = await driver.read_state()
+    assert fake.calls == ["rpc:summary+devs+tunerstatus"]
+    assert (state.hostname, state.mac) == ("bos-1", "02:00:00:00:00:09")
+
+
+async def test_identity_unknown_keeps_reads_on_get_data() -> None:
+    # hostname/mac come from gRPC GetMinerDetails only: until known, no lean read
+    fake = FakeMiner()
+    original = fake.get_data
+
+    async def anonymous(include: list[str] | None = None) -> MinerData:
+        data = await original(include)
+        data.hostname = data.mac = None
+        return data
+
+    fake.get_data = anonymous  # type: ignore[method-assign]
+    driver = _driver(fake)
+    for _ in range(3):
+        assert (await driver.read_state()).reachable
+    assert fake.calls == ["get_data"] * 3

@@ -25,6 +25,7 @@ from hypothesis import strategies as st
 from controller.catalog import find_model
 from controller.config import MinerConfig
 from drivers.base import CommandOutcome, CommandResult, MinerState
+from drivers.mapping import BRAIINS_READ, MiningThresholds, state_from_bosminer_rpc
 from drivers.pyasic_driver import DriverSettings, PyasicDriver
 from simulators.miners.fleet import SimFleet, make_specs
 
@@ -60,8 +61,24 @@ LUXOS_FIELDS = [
 ]
 
 
-def _section(command: str) -> st.SearchStrategy[Any]:
-    body = st.dictionaries(st.sampled_from(LUXOS_FIELDS), WEIRD, max_size=6)
+# BOSer RPC (the lean read's summary+devs+tunerstatus), chain entries included
+BOSER_FIELDS = [
+    "MHS 1m", "MHS 5s", "MHS av", "Elapsed", "PowerLimit", "ApproximateMinerPowerConsumption",
+    "TunerChainStatus", "HashchainIndex", "Status", "ID", "Enabled",
+]
+BOSER_WEIRD = st.one_of(
+    WEIRD,
+    st.lists(st.one_of(WEIRD, st.fixed_dictionaries({
+        "HashchainIndex": st.one_of(st.integers(-2, 9), WEIRD),
+        "Status": st.one_of(st.sampled_from(["Stable", "Failed {x}", "", "Tuning individual chips"]),
+                            WEIRD),
+    })), max_size=3),
+)
+
+
+def _section(command: str, fields: list[str] = LUXOS_FIELDS) -> st.SearchStrategy[Any]:
+    values = BOSER_WEIRD if fields is BOSER_FIELDS else WEIRD
+    body = st.dictionaries(st.sampled_from(fields), values, max_size=6)
     status = st.sampled_from(["S", "E", "W", 5, None])
     return st.fixed_dictionaries(
         {
@@ -72,13 +89,16 @@ def _section(command: str) -> st.SearchStrategy[Any]:
     )
 
 
-def _plausible(data: st.DataObject, commands: list[str]) -> Any:
+def _plausible(data: st.DataObject, commands: list[str], fields: list[str] = LUXOS_FIELDS) -> Any:
     if len(commands) == 1:
-        return data.draw(_section(commands[0]))
-    return {c: data.draw(st.one_of(st.lists(_section(c), max_size=2), WEIRD)) for c in commands}
+        return data.draw(_section(commands[0], fields))
+    return {c: data.draw(st.one_of(st.lists(_section(c, fields), max_size=2), WEIRD))
+            for c in commands}
 
 
-def reply_for(data: st.DataObject) -> Callable[[list[str]], bytes | None]:
+def reply_for(
+    data: st.DataObject, fields: list[str] = LUXOS_FIELDS
+) -> Callable[[list[str]], bytes | None]:
     """A reply function drawing from hypothesis for every request (None: close silently)."""
 
     def reply(commands: list[str]) -> bytes | None:
@@ -88,7 +108,7 @@ def reply_for(data: st.DataObject) -> Callable[[list[str]], bytes | None]:
             return data.draw(st.binary(max_size=64))
         if kind == "close":
             return None
-        doc = _plausible(data, commands) if kind != "json" else data.draw(
+        doc = _plausible(data, commands, fields) if kind != "json" else data.draw(
             st.recursive(WEIRD, lambda c: st.lists(c, max_size=3)
                          | st.dictionaries(st.text(max_size=5), c, max_size=3), max_leaves=8))
         text = json.dumps(doc, allow_nan=True, default=str).encode()
@@ -232,3 +252,100 @@ async def test_simulator_malformed_fault_through_the_driver(kind: str) -> None:
             await _exercise(driver)
             state = await driver.read_state()
             _check_state(state)
+
+
+# ------------------------------------------------- BOSer lean RPC read
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.one_of(
+    st.recursive(WEIRD, lambda c: st.lists(c, max_size=3)
+                 | st.dictionaries(st.text(max_size=5), c, max_size=3), max_leaves=8),
+    st.fixed_dictionaries({c: st.one_of(st.lists(_section(c, BOSER_FIELDS), max_size=2), BOSER_WEIRD)
+                           for c in ("summary", "devs", "tunerstatus")}),
+))
+def test_bosminer_mapping_never_raises_on_garbage(reply: Any) -> None:
+    state = state_from_bosminer_rpc(
+        "m1", reply, read_at_seconds=1.0, thresholds=MiningThresholds(), hostname="h", mac=None
+    )
+    _check_state(state)
+    assert state.is_mining in (True, False, None)
+    assert all(isinstance(e, str) for e in state.errors)
+    if state.uptime_seconds is not None:
+        assert math.isfinite(state.uptime_seconds) and state.uptime_seconds >= 0
+    if state.reachable:
+        assert state.hostname == "h"
+
+
+def _boser_driver(address: str) -> PyasicDriver:
+    miner = MinerConfig(address=address, name="fuzz", model="Antminer S19j Pro", firmware="braiins")
+    return PyasicDriver(miner, model=find_model("Antminer S19j Pro", "braiins"), settings=FAST)
+
+
+@settings(max_examples=40, deadline=None,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(st.data())
+def test_boser_lean_read_garbage_replies_never_escape_the_driver(data: st.DataObject) -> None:
+    """The lean read through unmodified pyasic's RPC client (multicommand, and its
+    split fallback) against garbage on 4028; no gRPC listener at all."""
+    address = "127.1.140.1"
+
+    async def run() -> int:
+        server = GarbageMiner(address)
+        server.reply = reply_for(data, BOSER_FIELDS)
+        await server.start()
+        try:
+            driver = _boser_driver(address)
+            for _ in range(2):
+                t0 = time.monotonic()
+                # _read with the regular fields is the lean path (read_state's first
+                # read is a get_data detail read, which needs gRPC)
+                state = await asyncio.wait_for(
+                    driver._read(BRAIINS_READ, FAST.read_timeout_seconds), READ_DEADLINE + 1)
+                _check_state(state)
+                assert time.monotonic() - t0 <= READ_DEADLINE, "read overran its timeout"
+        finally:
+            await server.close()
+        return server.requests
+
+    assert asyncio.run(run()) >= 1
+
+
+def _boser_section(command: str) -> dict[str, Any]:
+    ok = [{"STATUS": "S", "Msg": command}]
+    return {
+        "summary": {"STATUS": ok, "SUMMARY": [{"MHS 1m": 90e6, "Elapsed": 5}]},
+        "devs": {"STATUS": ok, "DEVS": [{"MHS 5s": 30e6}]},
+        "tunerstatus": {"STATUS": ok, "TUNERSTATUS": [
+            {"PowerLimit": 2900, "ApproximateMinerPowerConsumption": 2850,
+             "TunerChainStatus": []}]},
+    }[command]
+
+
+@pytest.mark.parametrize("joined_ok", [True, False])
+async def test_boser_lean_read_one_connection_or_pyasic_split_fallback(joined_ok: bool) -> None:
+    """A miner that answers the "+" multicommand: one connection. One that refuses it
+    (STATUS E): pyasic resends each command alone and the same state comes out."""
+    address = "127.1.140.2"
+    server = GarbageMiner(address)
+    seen: list[list[str]] = []
+
+    def reply(commands: list[str]) -> bytes:
+        seen.append(commands)
+        if len(commands) > 1:
+            if not joined_ok:
+                return json.dumps({"STATUS": [{"STATUS": "E", "Msg": "Invalid command"}]}).encode()
+            return json.dumps({c: [_boser_section(c)] for c in commands} | {"id": 1}).encode()
+        return json.dumps(_boser_section(commands[0])).encode()
+
+    server.reply = reply
+    await server.start()
+    try:
+        state = await _boser_driver(address)._read(BRAIINS_READ, FAST.read_timeout_seconds)
+    finally:
+        await server.close()
+    assert state.reachable, state.error
+    assert (state.watts, state.power_limit_watts, state.is_mining) == (2850.0, 2900.0, True)
+    assert state.hashrate_ths == pytest.approx(90.0)
+    assert seen[0] == ["summary", "devs", "tunerstatus"]
+    assert len(seen) == (1 if joined_ok else 4)

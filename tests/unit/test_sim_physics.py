@@ -108,3 +108,19 @@ def test_stop_and_resume_are_idempotent() -> None:
 def test_rejects_bad_time_scale() -> None:
     with pytest.raises(ValueError, match="time_scale"):
         MinerPhysics(LUX, now_seconds=0.0, time_scale=0)
+
+
+def test_transitions_count_each_sleep_and_wake_once() -> None:
+    p = MinerPhysics(LUX, now_seconds=0.0)
+    p.stop(1.0)
+    p.stop(2.0)  # already asleep: no change
+    assert p.transitions == 1
+    p.resume(3.0)
+    p.resume(4.0)  # already booting: no change
+    assert p.transitions == 2
+    p.set_target(2000, 5.0)  # a new target is not a switch
+    p.reboot(6.0)  # a reboot of an awake miner is not a switch either
+    assert p.transitions == 2
+    p.stop(500.0)
+    p.reboot(501.0)  # a reboot wakes a sleeping miner
+    assert p.transitions == 4
