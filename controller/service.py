@@ -56,6 +56,7 @@ EX_SOFTWARE = 1
 CRASH_WINDOW_SECONDS = 120.0
 MAX_CRASHES_IN_WINDOW = 5
 STATUS_MIN_SPACING_SECONDS = 1.0
+PLAN_SAVE_MIN_SPACING_SECONDS = 5.0  # even while every round commands something
 PLAN_SAVE_INTERVAL_SECONDS = 60.0
 OFFLINE_PAYLOAD = b"offline"
 
@@ -161,6 +162,10 @@ class Service:
             max_concurrency=config.fleet.max_concurrency,
             read_timeout_seconds=config.fleet.read_timeout_seconds,
             clock=self.clock,
+            # a large fleet cannot be read within one read timeout: let a poll use up to
+            # its interval (misses then rotate to the front of the next poll)
+            slack_seconds=max(
+                0.5, config.fleet.poll_interval_seconds - config.fleet.read_timeout_seconds),
         )
         self.actuator = Actuator(
             self.drivers,
@@ -376,8 +381,9 @@ class Service:
         """Persist the last plan when it commanded something (or every minute), in a
         thread: at 10k miners the JSON is large enough to matter in the event loop."""
         now = self.clock.monotonic()
-        if not decision.commands and now - self._plan_saved_at < PLAN_SAVE_INTERVAL_SECONDS:
-            return
+        since = now - self._plan_saved_at
+        if since < (PLAN_SAVE_MIN_SPACING_SECONDS if decision.commands else PLAN_SAVE_INTERVAL_SECONDS):
+            return  # at most every few seconds: building the document is in the event loop
         self._plan_saved_at = now
         doc = plan_state.plan_document(decision.plan, self.tracker, now, self.clock.wall())
         try:

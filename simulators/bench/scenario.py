@@ -18,7 +18,7 @@ from typing import Any
 import typer
 
 from controller.catalog import find_model
-from simulators.bench.scenario_figures import figures
+from simulators.bench.scenario_figures import figures, goals
 from simulators.bench.scenario_oracle import Oracle
 from simulators.bench.scenario_runner import RunResult, run_site
 from simulators.bench.scenario_spec import (
@@ -62,6 +62,7 @@ async def run_scenario(
     oracle = Oracle(models)
     oracle_ths_s = oracle.hashes_ths_s(zip(run.t, run.budget, strict=True))
     figs = figures(run, oracle_ths_s, naive, sc.timing.control_period_s)
+    figs["goals"] = goals(figs)
     return {"scenario": sc.name, **figs}, run, naive
 
 

@@ -205,3 +205,39 @@ def figures(run: RunResult, oracle_ths_s: float | None, naive: RunResult | None,
             ),
         }
     return out
+
+
+# Above this K a real second is more than 20 simulated seconds: reaction times are
+# the controller's real latency times K and say nothing in simulated seconds, so
+# the time goals are judged in real seconds (the physics floor shrinks by K too).
+REAL_TIME_GOALS_ABOVE_K = 20.0
+
+
+def goals(figs: dict[str, Any]) -> dict[str, Any]:
+    """The issue's goals against these figures: {name: {want, got, met}} + time basis."""
+    k = float(figs.get("time_scale") or 1.0)
+    real = k > REAL_TIME_GOALS_ABOVE_K
+    scale = k if real else 1.0
+    unit = "real s" if real else "simulated s"
+    floor = (figs.get("shed_floor_s") or 0.0) / scale
+    period = float(figs.get("control_period_s") or 0.0) / scale
+    checks: list[tuple[str, str, float | None, float, bool]] = [  # name, want, got, limit, ≥?
+        ("utilization", ">= 0.98", figs.get("utilization"), 0.98, True),
+        ("oracle_ratio", ">= 0.97", figs.get("oracle_ratio"), 0.97, True),
+        ("baseline_ratio", ">= 1.10", figs.get("baseline_ratio"), 1.10, True),
+        ("max_violation", f"<= shed floor + one control period = {floor + period:.3g} {unit}",
+         None if figs.get("max_violation_s") is None else figs["max_violation_s"] / scale,
+         floor + period, False),
+        ("shed_excess_p99", f"<= 1 {unit} over each shed's physical floor",
+         None if figs.get("shed_excess_p99_s") is None else figs["shed_excess_p99_s"] / scale,
+         1.0, False),
+        ("switches_per_miner_hour", "<= 2", figs.get("switches_per_miner_hour"), 2.0, False),
+        ("decide_ms_p99", "<= 250", figs.get("decide_ms_p99"), 250.0, False),
+    ]
+    out: dict[str, Any] = {"time_basis": unit}
+    for name, want, got, limit, at_least in checks:
+        met = None if got is None else (got >= limit if at_least else got <= limit)
+        out[name] = {"want": want, "got": None if got is None else round(got, 4), "met": met}
+    judged = [v["met"] for key, v in out.items() if key != "time_basis" and v["met"] is not None]
+    out["met"] = f"{sum(judged)}/{len(judged)}"
+    return out

@@ -88,10 +88,20 @@ def write_report(
         f"{run.miners} miners, {sc.duration_s:g} s simulated at K = {sc.time_scale:g} "
         f"({sc.real_duration_s:g} s real per run).",
         "",
-        "| figure | value |",
-        "|---|---|",
     ]
+    verdicts = figs.get("goals")
+    if isinstance(verdicts, dict):  # the answer first: which goals this run met
+        lines += [f"## Goals: {verdicts.get('met')} met (times in {verdicts.get('time_basis')})",
+                  "", "| goal | want | got | met |", "|---|---|---|---|"]
+        for name, verdict in verdicts.items():
+            if isinstance(verdict, dict):
+                mark = {True: "yes", False: "**no**", None: "not measured"}[verdict["met"]]
+                lines.append(f"| {name} | {verdict['want']} | {verdict['got']} | {mark} |")
+        lines.append("")
+    lines += ["## Figures", "", "| figure | value |", "|---|---|"]
     for key, value in figs.items():
+        if key == "goals":
+            continue
         if isinstance(value, dict):
             for sub, v in value.items():
                 lines.append(f"| {key}.{sub} | {v} |")

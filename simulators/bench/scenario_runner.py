@@ -100,10 +100,13 @@ class _Timeline:
         return ((time.monotonic() if mono is None else mono) - self.t0) * self.time_scale
 
 
-def grant_watts(profile: Profile, t_sim: float, cap_watts: float, margin_watts: float) -> float:
-    """The plant's true grant: min(cap, surplus) − other loads − margin (never below 0)."""
+def grant_watts(profile: Profile, t_sim: float, cap_watts: float) -> float:
+    """The plant's true grant: min(cap, surplus) − other loads (never below 0).
+
+    The controller's safety margin is NOT taken off: it is the site's own choice of
+    headroom, so its cost shows in utilization and hashes."""
     s = profile.value_at(t_sim)
-    return max(0.0, min(cap_watts, s.surplus_kw * 1000.0) - s.other_load_kw * 1000.0 - margin_watts)
+    return max(0.0, min(cap_watts, s.surplus_kw * 1000.0) - s.other_load_kw * 1000.0)
 
 
 def scaled_timing(sc: Scenario, nameplate_kw: float) -> SiteTiming:
@@ -189,7 +192,6 @@ async def _publish(
 ) -> None:
     period = 1.0 / sc.publish_hz
     cap = config.site.grant_cap_watts
-    margin = config.site.safety_margin_watts
     next_tick = time.monotonic()
     drop_threshold = 1.0  # W: any real drop counts as a shed event
     client: aiomqtt.Client | None = None
@@ -197,7 +199,7 @@ async def _publish(
     try:
         while True:
             t_sim = tl.t_sim()
-            grant = grant_watts(profile, t_sim, cap, margin)
+            grant = grant_watts(profile, t_sim, cap)
             tl.surplus_kw = profile.value_at(t_sim).surplus_kw
             wall = time.time()
             before = tl.grant_watts

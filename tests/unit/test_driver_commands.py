@@ -4,7 +4,7 @@ secrets, credentials file, and the FleetPoller (no sockets)."""
 from __future__ import annotations
 
 import asyncio
-import itertools
+import dataclasses
 import logging
 import time
 import zlib
@@ -40,6 +40,7 @@ FAST = DriverSettings(
     verify_window_seconds=0.2,
     verify_interval_seconds=0.05,
 )
+EVERY_READ_DETAILED = dataclasses.replace(FAST, detail_every_reads=1)  # every read is get_data
 
 
 class FakeWeb:
@@ -236,7 +237,7 @@ async def test_read_timeout_is_unreachable() -> None:
 
     fake.get_data = hang  # type: ignore[method-assign]
     started = time.monotonic()
-    state = await _driver(fake).read_state()
+    state = await _driver(fake, settings=EVERY_READ_DETAILED).read_state()
     assert time.monotonic() - started < 0.6
     assert not state.reachable and state.error is not None and "0.3 s" in state.error
 
@@ -248,7 +249,7 @@ async def test_get_data_exception_never_escapes() -> None:
         raise TypeError("sequence item 0: expected str instance, NoneType found")
 
     fake.get_data = boom  # type: ignore[method-assign]
-    state = await _driver(fake).read_state()
+    state = await _driver(fake, settings=EVERY_READ_DETAILED).read_state()
     assert not state.reachable and state.error is not None and "TypeError" in state.error
 
 
@@ -406,21 +407,23 @@ async def test_braiins_detail_fields_every_nth_read() -> None:
     fake.get_data = recording  # type: ignore[method-assign]
     settings = DriverSettings(read_timeout_seconds=0.3, detail_every_reads=3)
     driver = _driver(fake, settings=settings)
-    states = [await driver.read_state() for _ in range(4)]
-    # detail reads go through get_data; the ones between are one RPC multicommand
+    states = [await driver.read_state() for _ in range(6)]
+    # "m1" starts its cycle at offset 0: two lean reads (one RPC multicommand each), then
+    # the detail read through get_data, and so on
+    assert zlib.crc32(b"m1") % 3 == 0
     lean = "rpc:summary+devs+tunerstatus"
-    assert fake.calls == ["get_data", lean, lean, "get_data"]
+    assert fake.calls == [lean, lean, "get_data", lean, lean, "get_data"]
     assert all("hashboards" in inc for inc in seen)
-    assert "hostname" in seen[0]
-    assert all(s.temperature_c == 61 for s in states)  # carried forward between details
-    assert states[1].watts == 3000 and states[1].power_limit_watts == 3000
-    assert states[1].hashrate_ths == pytest.approx(100.0) and states[1].is_mining is True
-    assert zlib.crc32(b"m1") % 3 == 0  # "m1" starts its cycle at 0: the order above holds
+    assert "hostname" in seen[0] and "hostname" not in seen[1]  # identity until known
+    assert states[0].temperature_c is None  # no detail read yet
+    assert all(s.temperature_c == 61 for s in states[2:])  # carried forward between details
+    assert states[0].watts == 3000 and states[0].power_limit_watts == 3000
+    assert states[0].hashrate_ths == pytest.approx(100.0) and states[0].is_mining is True
 
 
 async def test_detail_reads_of_a_fleet_are_spread_over_polls() -> None:
     every = 4
-    second_detail_at: list[int] = []
+    first_detail_at: list[int] = []
     for i in range(24):
         fake = FakeMiner()
         miner = MinerConfig(address="127.9.9.9", model="Antminer S19j Pro", firmware="braiins",
@@ -432,16 +435,18 @@ async def test_detail_reads_of_a_fleet_are_spread_over_polls() -> None:
         for _ in range(2 * every):
             await driver.read_state()
         details = [n for n, call in enumerate(fake.calls) if call == "get_data"]
-        assert details[0] == 0 and all(b - a == every for a, b in itertools.pairwise(details[1:]))
-        second_detail_at.append(details[1])
-    # every miner still gets a detail read every `every` polls, but not all on the same one
-    assert set(second_detail_at) <= set(range(1, every + 1))
-    assert len(set(second_detail_at)) >= 3
+        assert len(details) == 2 and details[1] - details[0] == every
+        first_detail_at.append(details[0])
+    # every miner gets a detail read every `every` polls, but not all on the same one,
+    # not even on the first poll
+    assert set(first_detail_at) <= set(range(every))
+    assert len(set(first_detail_at)) >= 3
 
 
 async def _after_detail_read(fake: FakeMiner) -> PyasicDriver:
-    driver = _driver(fake, settings=DriverSettings(read_timeout_seconds=0.3, detail_every_reads=100))
-    assert (await driver.read_state()).reachable  # the detail + identity read
+    driver = _driver(fake, settings=DriverSettings(read_timeout_seconds=0.3, detail_every_reads=5))
+    while "get_data" not in fake.calls:  # lean reads until the detail + identity read
+        assert (await driver.read_state()).reachable
     fake.calls.clear()
     return driver
 
@@ -507,18 +512,24 @@ async def test_lean_read_keeps_identity_from_the_detail_read() -> None:
     assert (state.hostname, state.mac) == ("bos-1", "02:00:00:00:00:09")
 
 
-async def test_identity_unknown_keeps_reads_on_get_data() -> None:
-    # hostname/mac come from gRPC GetMinerDetails only: until known, no lean read
+async def test_identity_unknown_is_asked_again_on_detail_reads_only() -> None:
+    # hostname/mac come from gRPC GetMinerDetails only: a miner that never reports them
+    # must not put every read back on gRPC (that is what saturated large fleets)
     fake = FakeMiner()
     original = fake.get_data
+    asked: list[list[str]] = []
 
     async def anonymous(include: list[str] | None = None) -> MinerData:
+        asked.append(list(include or []))
         data = await original(include)
         data.hostname = data.mac = None
         return data
 
     fake.get_data = anonymous  # type: ignore[method-assign]
-    driver = _driver(fake)
-    for _ in range(3):
+    driver = _driver(fake, settings=DriverSettings(read_timeout_seconds=0.3, detail_every_reads=3))
+    for _ in range(6):
         assert (await driver.read_state()).reachable
-    assert fake.calls == ["get_data"] * 3
+    assert fake.calls.count("get_data") == 2 and len(fake.calls) == 6
+    assert all("hostname" in include for include in asked)
+
+

@@ -348,4 +348,5 @@ async def test_boser_lean_read_one_connection_or_pyasic_split_fallback(joined_ok
     assert (state.watts, state.power_limit_watts, state.is_mining) == (2850.0, 2900.0, True)
     assert state.hashrate_ths == pytest.approx(90.0)
     assert seen[0] == ["summary", "devs", "tunerstatus"]
-    assert len(seen) == (1 if joined_ok else 4)
+    # refused: our joined send, then pyasic's multicommand (joined again, then split)
+    assert len(seen) == (1 if joined_ok else 5)

@@ -7,7 +7,7 @@ import math
 import pytest
 
 from controller.catalog import find_model
-from simulators.bench.scenario_figures import percentile, shed_events, shed_floor_s
+from simulators.bench.scenario_figures import goals, percentile, shed_events, shed_floor_s
 from simulators.bench.scenario_naive import naive_count
 from simulators.bench.scenario_oracle import Oracle
 from simulators.bench.scenario_runner import Drop, RunResult
@@ -118,3 +118,33 @@ def test_builtin_scenarios_load_and_build(name: str) -> None:
     assert sc.real_duration_s <= 600.0
     if name == "smoke":
         assert sc.real_duration_s + sc.warmup_real_s <= 45.0
+
+
+def _goal_figs(**over: object) -> dict[str, object]:
+    base: dict[str, object] = {
+        "time_scale": 10.0, "utilization": 0.985, "oracle_ratio": 0.975, "baseline_ratio": 1.2,
+        "max_violation_s": 5.0, "shed_floor_s": 1.0, "control_period_s": 10.0,
+        "shed_excess_p99_s": 0.8, "switches_per_miner_hour": 1.5, "decide_ms_p99": 40.0,
+    }
+    return {**base, **over}
+
+
+def test_goals_judge_each_figure_against_the_issue_limits() -> None:
+    met = goals(_goal_figs())
+    assert met["met"] == "7/7" and met["time_basis"] == "simulated s"
+    missed = goals(_goal_figs(utilization=0.97, shed_excess_p99_s=1.2, max_violation_s=11.5,
+                              baseline_ratio=None))
+    assert missed["utilization"]["met"] is False
+    assert missed["shed_excess_p99"]["met"] is False
+    assert missed["max_violation"]["met"] is False  # 11.5 > floor 1 + period 10
+    assert missed["baseline_ratio"]["met"] is None  # not measured: not judged
+    assert missed["met"] == "3/6"
+
+
+def test_goals_of_a_highly_compressed_run_are_judged_in_real_seconds() -> None:
+    # K = 180: 90 simulated s of shed excess is 0.5 real s (the controller's latency x K)
+    out = goals(_goal_figs(time_scale=180.0, shed_excess_p99_s=90.0, max_violation_s=200.0,
+                           control_period_s=180.0, shed_floor_s=3.6))
+    assert out["time_basis"] == "real s"
+    assert out["shed_excess_p99"]["got"] == 0.5 and out["shed_excess_p99"]["met"] is True
+    assert out["max_violation"]["met"] is False  # 1.11 real s > 0.02 + 1.0
