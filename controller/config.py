@@ -68,6 +68,9 @@ class SiteConfig(_Strict):
     on_shutdown: Literal["leave", "sleep"] = "leave"
     state_dir: Path = Path("/var/lib/hashgov")
     meter_gap_alert_kw: NonNegFloat = 50.0
+    # a meter reading above the fleet model lowers the budget at once; the correction
+    # then decays to zero over this long (s)
+    meter_release_seconds: PosFloat = 60.0
     # true when the site meter also measures the other loads on the grant
     meter_includes_other_loads: bool = False
 

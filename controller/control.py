@@ -29,9 +29,9 @@ from controller.tracker import FleetTracker
 
 log = structlog.get_logger("hashgov.control")
 
-# An unexplained meter excess is applied at once and released over this long,
-# so a miner that under-reports keeps the fleet shed instead of oscillating.
-METER_RELEASE_SECONDS = 60.0
+# An unexplained meter excess is applied at once and released over
+# site.meter_release_seconds (MeterFilter), so a miner that under-reports keeps the
+# fleet shed instead of oscillating.
 GAP_LOG_INTERVAL_SECONDS = 60.0
 # Non-urgent wake-ups (operator commands, reloads) are spaced at least this far apart.
 MIN_ITERATION_SPACING_SECONDS = 0.2
@@ -40,14 +40,15 @@ MIN_ITERATION_SPACING_SECONDS = 0.2
 class MeterFilter:
     """Fast attack, slow release on the meter-minus-model gap."""
 
-    def __init__(self) -> None:
+    def __init__(self, release_seconds: float = 60.0) -> None:
         self.correction_watts = 0.0
+        self.release_seconds = release_seconds  # a correction decays to 0 over this long
         self._at: float | None = None
 
     def update(self, gap_watts: float | None, now_seconds: float) -> float:
         dt = 0.0 if self._at is None else max(0.0, now_seconds - self._at)
         self._at = now_seconds
-        decayed = self.correction_watts * max(0.0, 1.0 - dt / METER_RELEASE_SECONDS)
+        decayed = self.correction_watts * max(0.0, 1.0 - dt / self.release_seconds)
         self.correction_watts = max(decayed, gap_watts or 0.0, 0.0)
         return self.correction_watts
 
@@ -92,7 +93,7 @@ class ControlLoop:
         self._operator = operator
         self._on_decision = on_decision
         self._budgets = BudgetKeeper(config.site)
-        self._meter = MeterFilter()
+        self._meter = MeterFilter(config.site.meter_release_seconds)
         self._wake = asyncio.Event()
         self._urgent = False
         self.previous_plan: Plan | None = None
@@ -105,6 +106,7 @@ class ControlLoop:
     def reconfigure(self, config: HashgovConfig) -> None:
         self.config = config
         self._budgets.site = config.site
+        self._meter.release_seconds = config.site.meter_release_seconds
 
     # ------------------------------------------------------------- wake-ups
 

@@ -30,6 +30,7 @@ class SiteTiming:
     command_timeout_seconds: float = 3.0
     shed_deadline_seconds: float = 1.0
     max_concurrency: int = 256
+    meter_release_seconds: float = 60.0
 
 
 def site_config_text(
@@ -62,6 +63,7 @@ def site_config_text(
         f"min_off_seconds = {t.min_off_seconds}",
         f"control_period_seconds = {t.control_period_seconds}",
         f"shed_deadline_seconds = {t.shed_deadline_seconds}",
+        f"meter_release_seconds = {t.meter_release_seconds}",
         f'mode = "{mode}"',
         f'state_dir = "{state_dir}"',
         "",

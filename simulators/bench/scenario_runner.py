@@ -126,6 +126,8 @@ def scaled_timing(sc: Scenario, nameplate_kw: float) -> SiteTiming:
         read_timeout_seconds=3.0,
         command_timeout_seconds=5.0,
         shed_deadline_seconds=t.shed_deadline_s,
+        # the physics settle K times faster, so must the meter correction's release
+        meter_release_seconds=round(max(t.meter_release_s / k, 0.5), 3),
         max_concurrency=max(1, round(t.max_concurrency)),
     )
 

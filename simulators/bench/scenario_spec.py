@@ -68,6 +68,7 @@ class ControllerTiming:
     # which the simulator compresses by K too (only the ratio matters)
     shed_deadline_s: float = 1.0
     max_concurrency: float = 256.0  # fleet.max_concurrency (reads and commands in flight)
+    meter_release_s: float = 60.0  # site.meter_release_seconds (÷ K, at least 0.5 s real)
 
 
 @dataclass(frozen=True, slots=True)

@@ -10,7 +10,7 @@ import pytest
 from controller.actuator import Actuator
 from controller.clock import ManualClock
 from controller.config import HashgovConfig, load_config
-from controller.control import METER_RELEASE_SECONDS, ControlLoop, Decision, MeterFilter
+from controller.control import ControlLoop, Decision, MeterFilter
 from controller.operator import OperatorState
 from controller.telemetry import TelemetryStore
 from controller.tracker import FleetTracker
@@ -91,7 +91,7 @@ def test_unexplained_meter_draw_is_shed_and_released_slowly(rig: Rig) -> None:
     assert second.meter_gap_watts == pytest.approx(4000.0)
     assert second.effective_budget_watts == pytest.approx(second.capped_budget_watts - 4000.0)
     assert second.plan.planned_watts <= second.effective_budget_watts
-    rig.clock.advance(METER_RELEASE_SECONDS / 2)
+    rig.clock.advance(rig.loop.config.site.meter_release_seconds / 2)
     rig.surplus(30)
     rig.meter(model_watts / 1000)  # the gap is gone: the correction decays, not vanishes
     third = rig.loop.iterate()
@@ -121,6 +121,13 @@ def test_stale_surplus_falls_to_fail_safe_after_grace(rig: Rig) -> None:
     failed = rig.loop.iterate()
     assert failed.budget.fail_safe and failed.capped_budget_watts == site.fail_safe_budget_watts
     assert failed.plan.planned_watts <= max(failed.capped_budget_watts, failed.plan.planned_watts)
+
+
+def test_meter_filter_releases_over_its_configured_time() -> None:
+    f = MeterFilter(release_seconds=4.0)
+    assert f.update(2000.0, 0.0) == 2000.0
+    assert f.update(None, 1.0) == pytest.approx(1500.0)
+    assert f.update(None, 5.0) == 0.0
 
 
 def test_meter_filter_attacks_fast() -> None:
