@@ -36,6 +36,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from simulators.http_get import http_request
+
 if TYPE_CHECKING:
     from simulators.bench.scenario_fleet import BenchFleet
     from simulators.broker import Broker
@@ -167,21 +169,10 @@ class MetricsWatch:
 
     async def fetch(self) -> dict[str, float] | None:
         try:
-            reader, writer = await asyncio.wait_for(
-                asyncio.open_connection(self.host, self.port), 1.0)
+            _status, body = await http_request(self.host, self.port, "GET", "/metrics",
+                                               timeout_seconds=2.0)
         except (OSError, TimeoutError):
             return None
-        try:
-            writer.write(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n")
-            await writer.drain()
-            raw = await asyncio.wait_for(reader.read(), 2.0)
-        except (OSError, TimeoutError):
-            return None
-        finally:
-            writer.close()
-            with contextlib.suppress(OSError):
-                await writer.wait_closed()
-        _head, _, body = raw.partition(b"\r\n\r\n")
         return parse_metrics(body.decode(errors="replace"))
 
     async def run(self) -> None:

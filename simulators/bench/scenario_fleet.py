@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from simulators.broker import free_port
+from simulators.http_get import http_request
 from simulators.miners.fleet import FleetError, FleetTruth, MinerSpec, SimFleet, write_inventory
 
 # Above this many miners the fleet leaves the runner's process (see auto_shards).
@@ -80,20 +81,10 @@ class InProcessFleet:
 async def admin_request(port: int, method: str, path: str, body: Any = None) -> Any:
     """One JSON request to a shard's admin API on 127.0.0.1; FleetError on a non-200."""
     payload = b"" if body is None else json.dumps(body).encode()
-    reader, writer = await asyncio.wait_for(
-        asyncio.open_connection("127.0.0.1", port), ADMIN_TIMEOUT_SECONDS)
-    try:
-        writer.write(
-            f"{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: {len(payload)}\r\n"
-            f"Connection: close\r\n\r\n".encode() + payload)
-        raw = await asyncio.wait_for(reader.read(), ADMIN_TIMEOUT_SECONDS)
-    finally:
-        writer.close()
-    head, _, text = raw.partition(b"\r\n\r\n")
-    parts = head.split(b" ", 2)
-    status = parts[1] if len(parts) > 1 else b"?"
-    if status != b"200":
-        raise FleetError(f"shard admin :{port} {method} {path}: HTTP {status.decode()} "
+    status, text = await http_request("127.0.0.1", port, method, path, payload,
+                                      ADMIN_TIMEOUT_SECONDS)
+    if status != 200:
+        raise FleetError(f"shard admin :{port} {method} {path}: HTTP {status} "
                          f"{text[:200].decode(errors='replace')}")
     return json.loads(text)
 

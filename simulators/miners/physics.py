@@ -23,8 +23,9 @@ from enum import StrEnum
 
 from controller.config import ModelConfig
 
-DEFAULT_POWER_TAU_SECONDS = 3.0
-DEFAULT_SLEEP_TAU_SECONDS = 1.0
+# the catalogue's defaults (a model may set its own): one source, controller.config
+DEFAULT_POWER_TAU_SECONDS: float = ModelConfig.model_fields["power_tau_seconds"].default
+DEFAULT_SLEEP_TAU_SECONDS: float = ModelConfig.model_fields["sleep_tau_seconds"].default
 AMBIENT_CELSIUS = 25.0
 BOARD_RISE_CELSIUS = 40.0  # board temperature rise at nameplate draw
 CHIP_OVER_BOARD_CELSIUS = 12.0  # chip above board at nameplate draw

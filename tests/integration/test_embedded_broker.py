@@ -215,13 +215,19 @@ async def test_will_on_abrupt_socket_close(broker: EmbeddedBroker) -> None:
 async def test_will_on_keepalive_expiry(broker: EmbeddedBroker) -> None:
     async with client(broker) as observer:
         await observer.subscribe("status/#", qos=1)
+        keepalive_seconds = 1
         reader, writer = await raw_connect(
-            broker, "silent", keepalive=1, will=("status/silent", b"timeout")
+            broker, "silent", keepalive=keepalive_seconds, will=("status/silent", b"timeout")
         )
         start = time.monotonic()
-        msg = await next_message(observer)  # no PINGREQ: dropped after 1.5 s
+        msg = await next_message(observer)  # no PINGREQ: dropped after 1.5 × keepalive
         assert msg.payload == b"timeout"
-        assert 1.3 < time.monotonic() - start < 3.0
+        # Each bound catches its own bug: a broker that drops a client before 1.5 ×
+        # keepalive has passed (e.g. at 1 ×, or at once) fails the lower one; one that
+        # checks keepalive late or lazily fails the upper one (next_message would wait
+        # its full TIMEOUT for one that never checks). 0.2 s / 1.5 s of scheduling slack.
+        expiry = 1.5 * keepalive_seconds
+        assert expiry - 0.2 < time.monotonic() - start < expiry + 1.5
         assert await closed_by_broker(reader)
         writer.close()
 

@@ -196,9 +196,10 @@ async def _exercise(driver: PyasicDriver) -> None:
         assert time.monotonic() - t0 <= COMMAND_DEADLINE, "command overran its timeouts"
 
 
-def _driver(address: str) -> PyasicDriver:
-    miner = MinerConfig(address=address, name="fuzz", model="Antminer S19j Pro", firmware="luxos")
-    return PyasicDriver(miner, model=find_model("Antminer S19j Pro", "luxos"), settings=FAST)
+def _driver(address: str, firmware: str = "luxos") -> PyasicDriver:
+    miner = MinerConfig(address=address, name="fuzz", model="Antminer S19j Pro",
+                        firmware=firmware)  # type: ignore[arg-type]
+    return PyasicDriver(miner, model=find_model("Antminer S19j Pro", firmware), settings=FAST)
 
 
 @settings(max_examples=40, deadline=None,
@@ -277,11 +278,6 @@ def test_bosminer_mapping_never_raises_on_garbage(reply: Any) -> None:
         assert state.hostname == "h"
 
 
-def _boser_driver(address: str) -> PyasicDriver:
-    miner = MinerConfig(address=address, name="fuzz", model="Antminer S19j Pro", firmware="braiins")
-    return PyasicDriver(miner, model=find_model("Antminer S19j Pro", "braiins"), settings=FAST)
-
-
 @settings(max_examples=40, deadline=None,
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 @given(st.data())
@@ -295,7 +291,7 @@ def test_boser_lean_read_garbage_replies_never_escape_the_driver(data: st.DataOb
         server.reply = reply_for(data, BOSER_FIELDS)
         await server.start()
         try:
-            driver = _boser_driver(address)
+            driver = _driver(address, "braiins")
             for _ in range(2):
                 t0 = time.monotonic()
                 # _read with the regular fields is the lean path (read_state's first
@@ -341,7 +337,7 @@ async def test_boser_lean_read_one_connection_or_pyasic_split_fallback(joined_ok
     server.reply = reply
     await server.start()
     try:
-        state = await _boser_driver(address)._read(BRAIINS_READ, FAST.read_timeout_seconds)
+        state = await _driver(address, "braiins")._read(BRAIINS_READ, FAST.read_timeout_seconds)
     finally:
         await server.close()
     assert state.reachable, state.error
