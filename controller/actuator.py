@@ -2,6 +2,8 @@
 
 Sheds go first and are never queued behind raises: each new plan's sheds start
 at once, while raises of a superseded plan that have not started are dropped.
+When every command slot is busy, waiting stops get the next free slot, then
+cuts, then raises (``controller/slots.py``).
 Commands to one miner run in order (set the target, then resume); different
 miners run concurrently up to a bound. A miner whose command failed is backed
 off rather than hammered every control period.
@@ -19,6 +21,7 @@ import structlog
 from controller.clock import Clock
 from controller.fleet import FleetState, MinerView
 from controller.policy import Plan
+from controller.slots import PRIORITY_CUT, PRIORITY_RAISE, PRIORITY_STOP, PrioritySlots
 from drivers.base import CommandKind, CommandOutcome, CommandResult, MinerDriver
 
 log = structlog.get_logger("hashgov.actuator")
@@ -89,6 +92,14 @@ def _sheds(view: MinerView, action: str, target_watts: int | None) -> bool:
     return target_watts is not None and target_watts < current
 
 
+def _priority(work: MinerCommands) -> int:
+    """Stops first, then cuts, then raises (see controller/slots.py)."""
+    if not work.sheds:
+        return PRIORITY_RAISE
+    stops = any(step.kind is CommandKind.STOP for step in work.steps)
+    return PRIORITY_STOP if stops else PRIORITY_CUT
+
+
 ResultSink = Callable[[CommandResult], None]
 
 
@@ -125,7 +136,7 @@ class Actuator:
         self._observer = observer
         self._drivers = drivers
         self._clock = clock
-        self._sem = asyncio.Semaphore(max_concurrency)
+        self._slots = PrioritySlots(max_concurrency)
         self._on_result = on_result
         self.dry_run = dry_run
         self._generation = 0
@@ -187,7 +198,7 @@ class Actuator:
 
     async def _run_miner(self, work: MinerCommands) -> None:
         try:
-            async with self._sem:
+            async with self._slots.slot(_priority(work)):
                 for step in work.steps:
                     result = await self._send(step)
                     self._record(result)

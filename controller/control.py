@@ -236,10 +236,13 @@ class ControlLoop:
                 )
         the_plan = plan(fleet, effective, self.config, now, self.previous_plan)
         if self._last_capped_watts is not None and capped < self._last_capped_watts:
-            # the grant dropped: cut targets settle slowly, so sleep some miners if that
-            # would be too slow. Only on the drop itself (not on meter corrections, not
-            # on later rounds, which see the cut miners still settling).
-            the_plan = fast_shed(the_plan, fleet, self.config.site.shed_deadline_seconds)
+            # the grant dropped: cut targets settle slowly, so cut deeper or sleep some
+            # miners if that would be too slow for the grant itself (the safety margin
+            # is headroom for this). Only on the drop itself (not on meter corrections,
+            # not on later rounds, which see the cut miners still settling).
+            site = self.config.site
+            the_plan = fast_shed(the_plan, fleet, site.shed_deadline_seconds,
+                                 allowance_watts=site.safety_margin_watts)
         self._last_capped_watts = capped
         work = commands_for(the_plan, fleet)
         if op.paused:

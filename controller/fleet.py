@@ -37,6 +37,9 @@ class MinerView:
     verified: bool = True  # False: the last command was not confirmed by readback
     # a raise is in flight: the miner may already be heading for this draw
     pending_watts: float | None = None
+    # seconds since a command newer than the last read was confirmed (its draw has
+    # been settling that long); None when the read is newer than every command
+    commanded_age_seconds: float | None = None
 
     @property
     def is_on(self) -> bool:

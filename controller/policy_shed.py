@@ -6,8 +6,11 @@ A miner's draw follows a new power target with a first-order lag (time constant
 targets is right in the end state, but the fleet approaches it from above: the
 draw stays over the new budget for many seconds. After a budget drop this pass
 estimates the fleet's draw ``deadline`` seconds after the commands, and while
-that is still over the budget it sleeps the least efficient running miners
-instead (they wake again once min_off has passed and the ramp allows).
+that is still over the budget plus the site's safety margin it changes the least
+efficient running miners: a small excess is met by cutting some of them to their
+lowest target (a deeper cut settles further within the deadline; they keep
+mining and the next rounds raise them), a large one by sleeping them (they wake
+again once min_off has passed and the ramp allows).
 
 Pure: everything arrives as arguments.
 """
@@ -21,6 +24,7 @@ from controller.fleet import FleetState, MinerView
 from controller.policy import MinerPlan, Plan
 
 FAST_SHED_REASON = "fast shed: a target cut would settle over budget too slowly"
+DEEP_CUT_REASON = "fast shed: cut to the lowest target to settle within the deadline"
 
 
 def _decay(tau_seconds: float, after_seconds: float) -> float:
@@ -28,11 +32,31 @@ def _decay(tau_seconds: float, after_seconds: float) -> float:
     return math.exp(-after_seconds / tau_seconds)
 
 
-def _draw_after(view: MinerView, mp: MinerPlan, after_seconds: float) -> float:
-    """The miner's expected draw ``after_seconds`` after this plan's command."""
+def _draw_now(view: MinerView) -> float:
+    """A running miner's draw now: the last read, unless a target cut sent since has
+    had time to pull it down (it settles from the draw read before it)."""
+    now = view.assumed_watts
+    age = view.commanded_age_seconds
+    if age is None or not view.controllable or view.pending_watts is not None:
+        return now
+    read = view.measured_watts
+    if read is None:
+        return now
+    target = view.power_limit_watts
+    if target is None or read <= target:
+        return now
+    settled = target + (read - target) * _decay(view.model.power_tau_seconds, age)
+    return max(settled, float(target))
+
+
+def _draw_after(view: MinerView, mp: MinerPlan, after_seconds: float,
+                now: float | None = None) -> float:
+    """The miner's expected draw ``after_seconds`` after this plan's command
+    (``now``: its draw now, if already known)."""
     if not view.controllable or mp.action == "leave" or not view.is_on:
         return mp.planned_watts  # off or not ours: the plan already counts the worst case
-    now = view.assumed_watts
+    if now is None:
+        now = _draw_now(view)
     if mp.action == "sleep":
         sleep = float(view.model.sleep_watts)
         return sleep + max(0.0, now - sleep) * _decay(view.model.sleep_tau_seconds, after_seconds)
@@ -47,51 +71,101 @@ def _sleep_instead(view: MinerView, mp: MinerPlan) -> MinerPlan:
                      FAST_SHED_REASON)
 
 
-def fast_shed(the_plan: Plan, fleet: FleetState, deadline_seconds: float) -> Plan:
-    """``the_plan``, with running miners put to sleep (least efficient first) until the
-    draw expected ``deadline_seconds`` after the commands is within the budget.
-    Unchanged when it already is, when the deadline is 0 (off), or when nothing
-    running may be slept (pinned miners keep running)."""
+def _cut_deeper(view: MinerView, mp: MinerPlan) -> MinerPlan:
+    lowest = view.model.min_target_watts
+    return MinerPlan(mp.miner_id, "run", lowest, float(lowest),
+                     view.model.hashrate_ths_at(lowest), DEEP_CUT_REASON)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Candidate:
+    joules_per_th: float
+    plan: MinerPlan
+    view: MinerView
+    sleep_gain_watts: float  # draw saved at the deadline by sleeping it instead
+    cut_gain_watts: float  # ... by its lowest target instead (0: already there)
+
+
+def _candidates(the_plan: Plan, views: dict[str, MinerView], nows: dict[str, float],
+                expected: dict[str, float], deadline_seconds: float) -> list[_Candidate]:
+    """Running, unpinned, controllable miners the plan keeps running, worst J/TH first.
+    Gains are computed, plans built only for the miners chosen (10,000-miner sites)."""
+    out: list[_Candidate] = []
+    for mp in the_plan.miners:
+        if mp.action != "run":
+            continue
+        view = views.get(mp.miner_id)
+        if view is None or view.pinned or not view.controllable or not view.is_on:
+            continue  # not ours to change, or a wake: sleeping it saves nothing now
+        now = nows[mp.miner_id]
+        model = view.model
+        sleep = float(model.sleep_watts)
+        after_sleep = sleep + max(0.0, now - sleep) * _decay(model.sleep_tau_seconds,
+                                                             deadline_seconds)
+        sleep_gain = expected[mp.miner_id] - after_sleep
+        if sleep_gain <= 0:
+            continue
+        cut_gain = 0.0
+        lowest = model.min_target_watts
+        if mp.target_watts is not None and mp.target_watts > lowest and now > lowest:
+            after_cut = lowest + (now - lowest) * _decay(model.power_tau_seconds,
+                                                        deadline_seconds)
+            cut_gain = max(0.0, expected[mp.miner_id] - after_cut)
+        joules_per_th = mp.planned_watts / mp.planned_ths if mp.planned_ths > 0 else math.inf
+        out.append(_Candidate(joules_per_th, mp, view, sleep_gain, cut_gain))
+    out.sort(key=lambda c: (-c.joules_per_th, -c.sleep_gain_watts, c.plan.miner_id))
+    return out
+
+
+def fast_shed(the_plan: Plan, fleet: FleetState, deadline_seconds: float,
+              allowance_watts: float = 0.0) -> Plan:
+    """``the_plan``, changed so that the draw expected ``deadline_seconds`` after the
+    commands is within the budget plus ``allowance_watts`` (the site's safety margin:
+    the margin is headroom for exactly this, so a drop it absorbs needs no hurry).
+
+    Least efficient running miners first, each either cut to its lowest target (it
+    keeps mining; the next rounds raise it again) or, while the deep cuts of all the
+    miners left could not cover what is still over, slept (it boots again only after
+    min_off). Unchanged when the expected draw already fits, when the deadline is 0
+    (off), or when nothing running may be changed (pinned miners keep running)."""
     if deadline_seconds <= 0:
         return the_plan
     views = fleet.by_id()
+    nows = {mid: _draw_now(view) for mid, view in views.items()}
     expected = {
-        mp.miner_id: _draw_after(views[mp.miner_id], mp, deadline_seconds)
+        mp.miner_id: _draw_after(views[mp.miner_id], mp, deadline_seconds, nows[mp.miner_id])
         for mp in the_plan.miners if mp.miner_id in views
     }
-    excess = sum(expected.values()) - the_plan.budget_watts
+    excess = math.fsum(expected.values()) - the_plan.budget_watts - max(allowance_watts, 0.0)
     if excess <= 0:
         return the_plan
-    candidates: list[tuple[float, float, MinerPlan, MinerPlan]] = []
-    for mp in the_plan.miners:
-        view = views.get(mp.miner_id)
-        if view is None or mp.action != "run" or view.pinned or not view.controllable:
-            continue
-        if not view.is_on:
-            continue  # a wake in a shedding plan: sleeping it saves nothing now
-        slept = _sleep_instead(view, mp)
-        gain = expected[mp.miner_id] - _draw_after(view, slept, deadline_seconds)
-        if gain <= 0:
-            continue
-        joules_per_th = mp.planned_watts / mp.planned_ths if mp.planned_ths > 0 else math.inf
-        candidates.append((joules_per_th, gain, mp, slept))
-    candidates.sort(key=lambda c: (-c[0], -c[1], c[2].miner_id))  # worst J/TH first
+    candidates = _candidates(the_plan, views, nows, expected, deadline_seconds)
+    cut_potential = math.fsum(c.cut_gain_watts for c in candidates)
     replaced: dict[str, MinerPlan] = {}
-    for _, gain, mp, slept in candidates:
+    slept = 0
+    for c in candidates:
         if excess <= 0:
             break
-        replaced[mp.miner_id] = slept
-        excess -= gain
+        if c.cut_gain_watts > 0 and cut_potential >= excess:
+            replaced[c.plan.miner_id] = _cut_deeper(c.view, c.plan)
+            excess -= c.cut_gain_watts
+        else:
+            replaced[c.plan.miner_id] = _sleep_instead(c.view, c.plan)
+            excess -= c.sleep_gain_watts
+            slept += 1
+        cut_potential -= c.cut_gain_watts
     if not replaced:
         return the_plan
-    miners = tuple(replaced.get(mp.miner_id, mp) for mp in the_plan.miners)
     removed = [(mp, replaced[mp.miner_id]) for mp in the_plan.miners if mp.miner_id in replaced]
+    cuts = len(replaced) - slept
     return dataclasses.replace(
         the_plan,
-        miners=miners,
+        miners=tuple(replaced.get(mp.miner_id, mp) for mp in the_plan.miners),
         planned_watts=the_plan.planned_watts - sum(a.planned_watts - b.planned_watts
                                                    for a, b in removed),
-        planned_ths=the_plan.planned_ths - sum(a.planned_ths for a, _ in removed),
-        notes=(*the_plan.notes, f"fast shed: {len(replaced)} miners slept to meet the "
-                                f"budget within {deadline_seconds:g} s"),
+        planned_ths=the_plan.planned_ths - sum(a.planned_ths - b.planned_ths
+                                               for a, b in removed),
+        notes=(*the_plan.notes, f"fast shed: {slept} miners slept, {cuts} cut to their "
+                                f"lowest target, to meet the budget within "
+                                f"{deadline_seconds:g} s"),
     )

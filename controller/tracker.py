@@ -49,6 +49,14 @@ class Overrides:
     included: frozenset[str] = frozenset()  # config exclusion lifted by the operator
 
 
+def _command_age_seconds(rec: MinerRecord, now_seconds: float) -> float | None:
+    """How long ago a command the last read has not seen yet was confirmed."""
+    at = rec.commanded_at_seconds
+    if at is None or (rec.last_state is not None and rec.last_state.read_at_seconds > at):
+        return None
+    return max(now_seconds - at, 0.0)
+
+
 class FleetTracker:
     def __init__(self, config: HashgovConfig) -> None:
         self._records: dict[str, MinerRecord] = {}
@@ -227,6 +235,7 @@ class FleetTracker:
             excluded=status is MinerStatus.EXCLUDED,
             verified=status is not MinerStatus.UNRESPONSIVE,
             pending_watts=rec.pending_watts,
+            commanded_age_seconds=_command_age_seconds(rec, now_seconds),
         )
 
     def fleet_state(self, now_seconds: float) -> FleetState:

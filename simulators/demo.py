@@ -33,6 +33,7 @@ from simulators.broker import start_broker
 from simulators.miners.fleet import FleetError, SimFleet, make_specs
 from simulators.plant.publisher import PlantPublisher
 from simulators.site import SiteTiming, site_config_text
+from simulators.tasks import cancel_and_wait
 from simulators.truth import TruthMeter, WaveProfile
 
 DEFAULT_MIX = "Antminer S19j Pro:braiins:2,Antminer S19j Pro:luxos:1,Antminer S21:braiins:1,Antminer S19 XP:luxos:1"
@@ -109,6 +110,9 @@ async def run_demo(
             hysteresis_kw=max(1.0, nameplate_kw / 200),
             read_timeout_seconds=3.0,
             command_timeout_seconds=5.0,
+            # the models' time constants are divided by K in the config (the physics
+            # runs K times faster): so is the fast shed's deadline
+            shed_deadline_seconds=1.0 / time_scale,
         )
         config_path.write_text(
             site_config_text(
@@ -118,6 +122,7 @@ async def run_demo(
                 grant_cap_kw=round(nameplate_kw * 1.1, 1),
                 timing=timing,
                 metrics_port=0,
+                time_scale=time_scale,
             )
         )
         config = load_config(config_path)
@@ -170,9 +175,7 @@ async def run_demo(
             service.request_stop()
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(service_task, 15)
-            plant_task.cancel()
-            with contextlib.suppress(BaseException):
-                await plant_task
+            await cancel_and_wait(plant_task)
         d = service.loop.last
         return {
             "miners": miners,

@@ -7,6 +7,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from controller.catalog import find_model
+from controller.config import ModelConfig
 from simulators.miners.fleet import MinerSpec
 
 SURPLUS_TOPIC = "plant/surplus"
@@ -48,7 +50,11 @@ def site_config_text(
     meter: bool = True,
     topic_prefix: str = "hashgov",
     client_id: str = "hashgov",
+    time_scale: float = 1.0,
 ) -> str:
+    """``time_scale`` K > 1: the simulated miners boot and settle K times faster, so
+    the config carries their models with boot time and time constants divided by K
+    (the controller's settling estimates must match the physics it commands)."""
     t = timing or SiteTiming()
     lines = [
         "[site]",
@@ -126,4 +132,41 @@ def site_config_text(
             f'firmware = "{spec.firmware}"',
             "",
         ]
+    if time_scale > 1.0:
+        keys = dict.fromkeys((spec.model, spec.firmware) for spec in specs)
+        for model, firmware in keys:
+            lines += model_lines(scaled_model(find_model(model, firmware), time_scale))
     return "\n".join(lines)
+
+
+def scaled_model(model: ModelConfig, time_scale: float) -> ModelConfig:
+    """``model`` as it behaves under ``SimFleet(time_scale=K)``: its times ÷ K."""
+    return model.model_copy(update={
+        "boot_seconds": model.boot_seconds / time_scale,
+        "power_tau_seconds": model.power_tau_seconds / time_scale,
+        "sleep_tau_seconds": model.sleep_tau_seconds / time_scale,
+    })
+
+
+def model_lines(model: ModelConfig) -> list[str]:
+    """One ``[[fleet.models]]`` entry, every field spelled out."""
+    lines = [
+        "[[fleet.models]]",
+        f'model = "{model.model}"',
+        *([f'firmware = "{model.firmware}"'] if model.firmware is not None else []),
+        f"nameplate_watts = {model.nameplate_watts}",
+        f"nameplate_ths = {model.nameplate_ths!r}",
+        f"sleep_watts = {model.sleep_watts}",
+        f"boot_seconds = {model.boot_seconds!r}",
+        f"power_tau_seconds = {model.power_tau_seconds!r}",
+        f"sleep_tau_seconds = {model.sleep_tau_seconds!r}",
+    ]
+    if model.power_range is not None:
+        r = model.power_range
+        lines.append(f"power_range = {{ min_watts = {r.min_watts}, max_watts = {r.max_watts}, "
+                     f"step_watts = {r.step_watts} }}")
+    if model.profiles_watts is not None:
+        lines.append(f"profiles_watts = {list(model.profiles_watts)}")
+    curve = ", ".join(f"[{w!r}, {h!r}]" for w, h in model.hashrate_curve)
+    lines += [f"hashrate_curve = [{curve}]", ""]
+    return lines

@@ -125,7 +125,8 @@ def scaled_timing(sc: Scenario, nameplate_kw: float) -> SiteTiming:
         hysteresis_kw=round(max(0.1, t.hysteresis_frac * nameplate_kw), 3),
         read_timeout_seconds=3.0,
         command_timeout_seconds=5.0,
-        shed_deadline_seconds=t.shed_deadline_s,
+        # simulated, like the models' time constants the config divides by K
+        shed_deadline_seconds=round(t.shed_deadline_s / k, 4),
         # the physics settle K times faster, so must the meter correction's release
         meter_release_seconds=round(max(t.meter_release_s / k, 0.5), 3),
         max_concurrency=max(1, round(t.max_concurrency)),
@@ -144,6 +145,7 @@ def write_config(
         timing=scaled_timing(sc, nameplate_kw),
         safety_margin_kw=round(sc.timing.safety_margin_frac * nameplate_kw, 3),
         metrics_port=free_port(),  # fixed: a restarted controller serves the same port
+        time_scale=sc.time_scale,
     )
     text = text.replace('format = "console"\nlevel = "warning"', 'format = "json"\nlevel = "info"')
     path = workdir / "hashgov.toml"

@@ -18,6 +18,7 @@ from controller.service import Service, ServiceOptions
 from simulators.broker import MosquittoBroker
 from simulators.miners.fleet import MinerSpec, SimFleet, make_specs
 from simulators.site import METER_TOPIC, SURPLUS_TOPIC, SiteTiming, site_config_text
+from simulators.tasks import cancel_and_wait
 
 
 @dataclass
@@ -66,9 +67,7 @@ class Feeder:
 
     async def stop(self) -> None:
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await cancel_and_wait(self._task)
 
 
 @dataclass

@@ -167,3 +167,21 @@ async def test_shadow_mode_sends_nothing_but_records() -> None:
     await actuator.drain()
     assert log == []
     assert [c.kind for c in actuator.would_send] == [CommandKind.STOP]
+
+
+async def test_stops_overtake_queued_cuts_when_slots_are_busy() -> None:
+    """A trip's stops must not wait behind earlier rounds' target cuts."""
+    log: list[tuple[str, str]] = []
+    gate = asyncio.Event()
+    drivers = {m: FakeDriver(m, log, gate) for m in "abcd"}
+    actuator = Actuator(drivers, ManualClock(), max_concurrency=1, on_result=lambda r: None)
+    fleet = FleetState(0.0, tuple(view(m, MinerStatus.MINING) for m in "abcd"))
+    actuator.submit(
+        commands_for(plan_of(("a", "run", 2000), ("b", "run", 2000), ("c", "run", 2000)), fleet)
+    )
+    await asyncio.sleep(0)
+    assert log == [("a", "set_power_limit:2000")]
+    actuator.submit(commands_for(plan_of(("d", "sleep", None)), fleet))
+    gate.set()
+    await actuator.drain()
+    assert [m for m, _ in log] == ["a", "d", "b", "c"]

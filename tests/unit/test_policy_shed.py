@@ -10,7 +10,13 @@ from hypothesis import strategies as st
 from controller.catalog import find_model
 from controller.fleet import FleetState, MinerStatus, MinerView
 from controller.policy import plan
-from controller.policy_shed import FAST_SHED_REASON, _draw_after, fast_shed
+from controller.policy_shed import (
+    DEEP_CUT_REASON,
+    FAST_SHED_REASON,
+    _draw_after,
+    _draw_now,
+    fast_shed,
+)
 from simulators.bench.policy_bench import bench_config
 from tests.unit.test_policy_support import NOW_SECONDS, fleets
 
@@ -73,24 +79,78 @@ def test_a_longer_deadline_sleeps_fewer_miners() -> None:
 
 
 @given(fleets(max_miners=10), st.floats(0.05, 1.0), st.sampled_from([0.5, 1.0, 2.0]))
-def test_fast_shed_only_sleeps_running_unpinned_miners_and_never_raises_the_plan(
+def test_fast_shed_only_slows_running_unpinned_miners_and_never_raises_the_plan(
     fleet: FleetState, share: float, deadline: float
 ) -> None:
     budget = share * fleet.assumed_watts()
     cut = plan(fleet, budget, CONFIG, NOW_SECONDS)
     shed = fast_shed(cut, fleet, deadline)
     assert shed.planned_watts <= cut.planned_watts + 1e-6
+    assert shed.planned_ths <= cut.planned_ths + 1e-6
     views = fleet.by_id()
     before = cut.by_id()
     changed = [mp for mp in shed.miners if mp != before[mp.miner_id]]
     for mp in changed:
         view = views[mp.miner_id]
-        assert mp.action == "sleep" and before[mp.miner_id].action == "run"
-        assert view.is_on and view.controllable and not view.pinned
-    candidates_left = [
+        was = before[mp.miner_id]
+        assert was.action == "run" and view.is_on and view.controllable and not view.pinned
+        if mp.action == "run":  # a deeper cut: the lowest target, below the plan's
+            assert mp.reason == DEEP_CUT_REASON
+            assert mp.target_watts == view.model.min_target_watts
+            assert was.target_watts is not None and mp.target_watts < was.target_watts
+        else:
+            assert mp.action == "sleep" and mp.reason == FAST_SHED_REASON
+    untouched = [
         mp for mp in shed.miners
-        if mp.action == "run" and views[mp.miner_id].is_on and views[mp.miner_id].controllable
-        and not views[mp.miner_id].pinned
+        if mp.action == "run" and mp not in changed and views[mp.miner_id].is_on
+        and views[mp.miner_id].controllable and not views[mp.miner_id].pinned
     ]
-    # either the deadline estimate fits, or nothing sleepable is left running
-    assert _expected(shed, fleet, deadline) <= budget + 1e-6 or not candidates_left or changed
+    # either the deadline estimate fits, or every miner that could help was used
+    assert _expected(shed, fleet, deadline) <= budget + 1e-6 or not untouched
+
+
+def test_a_small_excess_is_met_by_deeper_cuts_not_sleeps() -> None:
+    fleet = FleetState(NOW_SECONDS, tuple(_mining(i, S19J) for i in range(20)))
+    budget = 0.97 * fleet.assumed_watts()
+    cut = plan(fleet, budget, CONFIG, NOW_SECONDS)
+    assert _expected(cut, fleet, 1.0) > budget
+    shed = fast_shed(cut, fleet, 1.0)
+    assert _expected(shed, fleet, 1.0) <= budget
+    reasons = [mp.reason for mp in shed.miners]
+    assert FAST_SHED_REASON not in reasons, "a 3 % drop needs no miner asleep"
+    deep = reasons.count(DEEP_CUT_REASON)
+    assert 0 < deep < 20
+    assert any(f"0 miners slept, {deep} cut" in n for n in shed.notes)
+
+
+def test_a_drop_within_the_safety_margin_changes_nothing() -> None:
+    fleet = FleetState(NOW_SECONDS, tuple(_mining(i, S19J) for i in range(20)))
+    full = fleet.assumed_watts()
+    budget = 0.97 * full
+    cut = plan(fleet, budget, CONFIG, NOW_SECONDS)
+    over = _expected(cut, fleet, 1.0) - budget
+    assert over > 0
+    assert fast_shed(cut, fleet, 1.0, allowance_watts=over + 1.0) is cut
+    assert fast_shed(cut, fleet, 1.0, allowance_watts=over - 200.0) is not cut
+
+
+def test_a_cut_sent_after_the_last_read_counts_as_settling_since_it_was_sent() -> None:
+    """Rounds that follow a cut before the next poll must not see the old draw as
+    current: the second drop of a fast fall would otherwise sleep miners whose cut
+    has long settled."""
+    fleet_of = [
+        MinerView(miner_id="m00", model=S19J, status=MinerStatus.MINING, measured_watts=3000.0,
+                  power_limit_watts=1100, commanded_age_seconds=age)
+        for age in (None, 0.0, 3.0, 30.0)
+    ]
+    fresh, just_sent, settling, settled = (_draw_now(v) for v in fleet_of)
+    assert fresh == just_sent == 3000.0
+    assert 1100.0 < settling < 3000.0
+    assert math.isclose(settling, 1100 + 1900 * math.exp(-3.0 / S19J.power_tau_seconds))
+    assert math.isclose(settled, 1100.0, abs_tol=1.0)
+    # and the shed follows: after 30 s nothing is over, after none everything is
+    for view, fits in ((fleet_of[0], False), (fleet_of[3], True)):
+        fleet = FleetState(NOW_SECONDS, (view,))
+        held = plan(fleet, 1200.0, CONFIG, NOW_SECONDS)
+        shed = fast_shed(held, fleet, 1.0)
+        assert (shed is held) is fits

@@ -151,3 +151,15 @@ def test_read_without_draw_or_mining_flag_counts_as_unreachable(config: HashgovC
     view = tracker.view("row1-01", 1.0)
     assert view.status is MinerStatus.UNREACHABLE
     assert view.assumed_watts >= view.model.nameplate_watts
+
+
+def test_command_age_counts_from_a_command_the_last_read_has_not_seen(
+    config: HashgovConfig,
+) -> None:
+    tracker = FleetTracker(config)
+    tracker.observe(read("row1-01", 10.0, mining=True))
+    assert tracker.view("row1-01", 11.0).commanded_age_seconds is None
+    tracker.command_sent(result("row1-01", CommandKind.SET_POWER_LIMIT, watts=2000), 12.0)
+    assert tracker.view("row1-01", 14.5).commanded_age_seconds == pytest.approx(2.5)
+    tracker.observe(read("row1-01", 15.0, mining=True, watts=2000.0))
+    assert tracker.view("row1-01", 16.0).commanded_age_seconds is None, "the read saw it"
