@@ -117,11 +117,46 @@ def _candidates(the_plan: Plan, views: dict[str, MinerView], nows: dict[str, flo
     return out
 
 
+def floor_seconds(views: dict[str, MinerView], nows: dict[str, float],
+                  target_watts: float) -> float:
+    """The physical minimum time to bring the fleet's draw to ``target_watts``: every
+    running miner we control stopped at once, their draw falling to sleep level with
+    the sleep time constant (the longest of the fleet's): tau * ln((D - S)/(G - S)).
+    0 when the draw already fits; inf when even all asleep would not."""
+    draw = math.fsum(nows.values())
+    if draw <= target_watts:
+        return 0.0
+    stoppable = [v for v in views.values() if v.controllable and v.is_on and not v.pinned]
+    floor_watts = draw - math.fsum(nows[v.miner_id] - v.model.sleep_watts for v in stoppable)
+    if target_watts <= floor_watts or not stoppable:
+        return math.inf
+    tau = max(v.model.sleep_tau_seconds for v in stoppable)
+    return tau * math.log((draw - floor_watts) / (target_watts - floor_watts))
+
+
+def _after_floor(views: dict[str, MinerView], nows: dict[str, float], target_watts: float,
+                 deadline_seconds: float) -> float:
+    floor = floor_seconds(views, nows, target_watts)
+    return deadline_seconds + floor if math.isfinite(floor) else deadline_seconds
+
+
+def effective_deadline_seconds(the_plan: Plan, fleet: FleetState, deadline_seconds: float,
+                               allowance_watts: float = 0.0) -> float:
+    """The time after the commands by which fast_shed wants the draw within budget."""
+    views = fleet.by_id()
+    nows = {mid: _draw_now(view) for mid, view in views.items()}
+    return _after_floor(views, nows, the_plan.budget_watts + max(allowance_watts, 0.0),
+                        deadline_seconds)
+
+
 def fast_shed(the_plan: Plan, fleet: FleetState, deadline_seconds: float,
               allowance_watts: float = 0.0) -> Plan:
     """``the_plan``, changed so that the draw expected ``deadline_seconds`` after the
-    commands is within the budget plus ``allowance_watts`` (the site's safety margin:
-    the margin is headroom for exactly this, so a drop it absorbs needs no hurry).
+    physical minimum for this drop (``floor_seconds``) is within the budget plus
+    ``allowance_watts`` (the site's safety margin: headroom for exactly this, so a
+    drop it absorbs needs no hurry). A deep drop cannot be met faster than that
+    minimum anyway; aiming at it plus the deadline sleeps fewer miners than aiming
+    at the deadline alone, for the same promise: within the deadline of the floor.
 
     Least efficient running miners first, each either cut to its lowest target (it
     keeps mining; the next rounds raise it again) or, while the deep cuts of all the
@@ -132,11 +167,14 @@ def fast_shed(the_plan: Plan, fleet: FleetState, deadline_seconds: float,
         return the_plan
     views = fleet.by_id()
     nows = {mid: _draw_now(view) for mid, view in views.items()}
+    allowance_watts = max(allowance_watts, 0.0)
+    deadline_seconds = _after_floor(views, nows, the_plan.budget_watts + allowance_watts,
+                                    deadline_seconds)
     expected = {
         mp.miner_id: _draw_after(views[mp.miner_id], mp, deadline_seconds, nows[mp.miner_id])
         for mp in the_plan.miners if mp.miner_id in views
     }
-    excess = math.fsum(expected.values()) - the_plan.budget_watts - max(allowance_watts, 0.0)
+    excess = math.fsum(expected.values()) - the_plan.budget_watts - allowance_watts
     if excess <= 0:
         return the_plan
     candidates = _candidates(the_plan, views, nows, expected, deadline_seconds)
@@ -167,5 +205,5 @@ def fast_shed(the_plan: Plan, fleet: FleetState, deadline_seconds: float,
                                                for a, b in removed),
         notes=(*the_plan.notes, f"fast shed: {slept} miners slept, {cuts} cut to their "
                                 f"lowest target, to meet the budget within "
-                                f"{deadline_seconds:g} s"),
+                                f"{deadline_seconds:.3g} s"),
     )

@@ -15,7 +15,9 @@ from controller.policy_shed import (
     FAST_SHED_REASON,
     _draw_after,
     _draw_now,
+    effective_deadline_seconds,
     fast_shed,
+    floor_seconds,
 )
 from simulators.bench.policy_bench import bench_config
 from tests.unit.test_policy_support import NOW_SECONDS, fleets
@@ -34,6 +36,8 @@ def _mining(i: int, model: object, pinned: bool = False) -> MinerView:
 
 
 def _expected(result_plan: object, fleet: FleetState, deadline: float) -> float:
+    """Expected draw ``deadline`` seconds after the physical floor of the drop."""
+    deadline = effective_deadline_seconds(result_plan, fleet, deadline)  # type: ignore[arg-type]
     views = fleet.by_id()
     return math.fsum(_draw_after(views[mp.miner_id], mp, deadline)
                      for mp in result_plan.miners)  # type: ignore[attr-defined]
@@ -128,10 +132,27 @@ def test_a_drop_within_the_safety_margin_changes_nothing() -> None:
     full = fleet.assumed_watts()
     budget = 0.97 * full
     cut = plan(fleet, budget, CONFIG, NOW_SECONDS)
-    over = _expected(cut, fleet, 1.0) - budget
-    assert over > 0
-    assert fast_shed(cut, fleet, 1.0, allowance_watts=over + 1.0) is cut
-    assert fast_shed(cut, fleet, 1.0, allowance_watts=over - 200.0) is not cut
+    assert fast_shed(cut, fleet, 1.0) is not cut
+    # the margin covers what the fleet draws now: no hurry, the plan's cuts will do
+    assert fast_shed(cut, fleet, 1.0, allowance_watts=full - budget) is cut
+
+
+def test_the_deadline_counts_from_the_drops_physical_floor() -> None:
+    fleet = FleetState(NOW_SECONDS, tuple(_mining(i, S19J) for i in range(10)))
+    views = fleet.by_id()
+    nows = {mid: v.assumed_watts for mid, v in views.items()}
+    draw = sum(nows.values())
+    sleep = 10 * S19J.sleep_watts
+    assert floor_seconds(views, nows, draw + 1) == 0.0
+    assert floor_seconds(views, nows, sleep - 1) == math.inf
+    half = sleep + (draw - sleep) / 2
+    assert math.isclose(floor_seconds(views, nows, half), S19J.sleep_tau_seconds * math.log(2))
+    cut = plan(fleet, half, CONFIG, NOW_SECONDS)
+    assert math.isclose(effective_deadline_seconds(cut, fleet, 1.0),
+                        1.0 + S19J.sleep_tau_seconds * math.log(2))
+    # halving the working draw by the floor + 1 s takes some sleeps, not all ten
+    slept = sum(mp.reason == FAST_SHED_REASON for mp in fast_shed(cut, fleet, 1.0).miners)
+    assert 0 < slept < 10
 
 
 def test_a_cut_sent_after_the_last_read_counts_as_settling_since_it_was_sent() -> None:
