@@ -142,6 +142,7 @@ class MqttLink:
         self.connect_count = 0  # successful connects so far
         self.failure_count = 0  # failed connects and disconnects so far
         self.messages_received = 0
+        self._inbox: asyncio.Queue[aiomqtt.Message] | None = None
         self._log = structlog.get_logger("hashgov.mqtt").bind(
             host=config.host, port=config.port, client_id=config.client_id
         )
@@ -169,9 +170,28 @@ class MqttLink:
 
     def _make_client(self) -> aiomqtt.Client:
         will = aiomqtt.Will(self.will_topic, self.will_payload, qos=1, retain=True)
+        link = self
+
+        class Inbox(asyncio.Queue[aiomqtt.Message]):
+            """aiomqtt's incoming queue, kept by the link so it can drain it."""
+
+            def __init__(self, maxsize: int = 0) -> None:
+                super().__init__(maxsize)
+                link._inbox = self
+
         return aiomqtt.Client(
-            **client_options(self.config, will=will, timeout_seconds=self.connect_timeout_seconds)
+            **client_options(self.config, will=will, timeout_seconds=self.connect_timeout_seconds),
+            queue_type=Inbox,
         )
+
+    async def _drain_inbox(self) -> None:
+        """Dispatch every message already queued. aiomqtt hands over one message per
+        few event-loop turns; on a loop busy with thousands of miners that is slower
+        than the plant publishes, and the backlog would age until the budget goes
+        stale. Draining per wake-up keeps pace with what paho reads."""
+        inbox = self._inbox
+        while inbox is not None and not inbox.empty():
+            await self._dispatch(inbox.get_nowait())
 
     async def run(self) -> None:
         """Stay connected until cancelled."""
@@ -184,6 +204,7 @@ class MqttLink:
                     await self._on_connected(client)
                     async for message in client.messages:
                         await self._dispatch(message)
+                        await self._drain_inbox()
                 # the message stream ended without an error: treat as a disconnect
                 raise aiomqtt.MqttError("message stream ended")
             except (aiomqtt.MqttError, OSError, CredentialsError) as exc:

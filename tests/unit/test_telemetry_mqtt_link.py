@@ -6,6 +6,7 @@ import random
 from pathlib import Path
 from typing import Any
 
+import aiomqtt
 import pytest
 
 from controller.clock import ManualClock
@@ -73,3 +74,25 @@ async def test_publish_while_disconnected_keeps_latest_per_topic() -> None:
     assert await lk.publish("a", "2", retain=True) is False
     assert await lk.publish("b", b"x") is False
     assert lk.pending_topics == ["a", "b"]
+
+
+async def test_queued_messages_are_dispatched_in_one_wakeup_in_order() -> None:
+    """aiomqtt hands over one message per few event-loop turns; a busy loop would let
+    the plant's messages age in its queue. The link drains what is queued."""
+    got: list[bytes] = []
+    lk = MqttLink(
+        MqttConfig(streams=STREAMS),
+        will_topic="hashgov/status",
+        handlers={"plant/surplus": lambda topic, payload, wall, mono: got.append(payload)},
+        clock=ManualClock(),
+    )
+    lk._make_client()  # installs the inbox aiomqtt will queue into
+    inbox = lk._inbox
+    assert inbox is not None and inbox.empty()
+    for i in range(5):
+        inbox.put_nowait(aiomqtt.Message("plant/surplus", str(i).encode(), 1, False, i, None))
+    inbox.put_nowait(aiomqtt.Message("other/topic", b"ignored", 1, False, 9, None))
+    await lk._drain_inbox()
+    assert got == [b"0", b"1", b"2", b"3", b"4"]
+    assert inbox.empty()
+    assert lk.messages_received == 5
