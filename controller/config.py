@@ -61,8 +61,8 @@ class SiteConfig(_Strict):
     min_on_seconds: NonNegFloat = 300.0
     min_off_seconds: NonNegFloat = 300.0
     control_period_seconds: PosFloat = 5.0
-    # after a budget drop the fleet's draw must be under the new budget this many
-    # seconds after the commands (by the models' time constants); 0 = off
+    # after a grant drop the fleet's draw must be within the grant this many seconds
+    # after the drop's physical minimum (by the models' time constants); 0 = off
     shed_deadline_seconds: NonNegFloat = 1.0
     mode: Literal["control", "shadow"] = "control"
     on_shutdown: Literal["leave", "sleep"] = "leave"

@@ -52,9 +52,9 @@ def site_config_text(
     client_id: str = "hashgov",
     time_scale: float = 1.0,
 ) -> str:
-    """``time_scale`` K > 1: the simulated miners boot and settle K times faster, so
-    the config carries their models with boot time and time constants divided by K
-    (the controller's settling estimates must match the physics it commands)."""
+    """``time_scale`` K > 1: the simulated miners settle K times faster, so the config
+    carries their models with time constants divided by K (the controller's
+    settling estimates must match the physics it commands)."""
     t = timing or SiteTiming()
     lines = [
         "[site]",
@@ -140,9 +140,13 @@ def site_config_text(
 
 
 def scaled_model(model: ModelConfig, time_scale: float) -> ModelConfig:
-    """``model`` as it behaves under ``SimFleet(time_scale=K)``: its times ÷ K."""
+    """``model`` as it settles under ``SimFleet(time_scale=K)``: time constants ÷ K.
+
+    ``boot_seconds`` stays: the controller uses it only as the grace before a
+    resumed miner that has not been read mining yet is called unresponsive, and a
+    poll of a large fleet takes real seconds whatever K is (÷ 180 it marked
+    hundreds of woken miners unresponsive in `daily`, counted at nameplate)."""
     return model.model_copy(update={
-        "boot_seconds": model.boot_seconds / time_scale,
         "power_tau_seconds": model.power_tau_seconds / time_scale,
         "sleep_tau_seconds": model.sleep_tau_seconds / time_scale,
     })
