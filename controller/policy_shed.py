@@ -32,6 +32,12 @@ def _decay(tau_seconds: float, after_seconds: float) -> float:
     return math.exp(-after_seconds / tau_seconds)
 
 
+def _settle(now_watts: float, level_watts: float, tau_seconds: float,
+            after_seconds: float) -> float:
+    """Draw ``after_seconds`` after heading from ``now_watts`` down to ``level_watts``."""
+    return level_watts + max(0.0, now_watts - level_watts) * _decay(tau_seconds, after_seconds)
+
+
 def _draw_now(view: MinerView) -> float:
     """A running miner's draw now: the last read, unless a target cut sent since has
     had time to pull it down (it settles from the draw read before it)."""
@@ -45,8 +51,7 @@ def _draw_now(view: MinerView) -> float:
     target = view.power_limit_watts
     if target is None or read <= target:
         return now
-    settled = target + (read - target) * _decay(view.model.power_tau_seconds, age)
-    return max(settled, float(target))
+    return _settle(read, float(target), view.model.power_tau_seconds, age)
 
 
 def _draw_after(view: MinerView, mp: MinerPlan, after_seconds: float,
@@ -58,12 +63,11 @@ def _draw_after(view: MinerView, mp: MinerPlan, after_seconds: float,
     if now is None:
         now = _draw_now(view)
     if mp.action == "sleep":
-        sleep = float(view.model.sleep_watts)
-        return sleep + max(0.0, now - sleep) * _decay(view.model.sleep_tau_seconds, after_seconds)
+        return _settle(now, float(view.model.sleep_watts), view.model.sleep_tau_seconds,
+                       after_seconds)
     if mp.planned_watts >= now:
         return mp.planned_watts  # a raise: count it at its target
-    cut = now - mp.planned_watts
-    return mp.planned_watts + cut * _decay(view.model.power_tau_seconds, after_seconds)
+    return _settle(now, mp.planned_watts, view.model.power_tau_seconds, after_seconds)
 
 
 def _sleep_instead(view: MinerView, mp: MinerPlan) -> MinerPlan:
@@ -99,17 +103,15 @@ def _candidates(the_plan: Plan, views: dict[str, MinerView], nows: dict[str, flo
             continue  # not ours to change, or a wake: sleeping it saves nothing now
         now = nows[mp.miner_id]
         model = view.model
-        sleep = float(model.sleep_watts)
-        after_sleep = sleep + max(0.0, now - sleep) * _decay(model.sleep_tau_seconds,
-                                                             deadline_seconds)
+        after_sleep = _settle(now, float(model.sleep_watts), model.sleep_tau_seconds,
+                              deadline_seconds)
         sleep_gain = expected[mp.miner_id] - after_sleep
         if sleep_gain <= 0:
             continue
         cut_gain = 0.0
         lowest = model.min_target_watts
         if mp.target_watts is not None and mp.target_watts > lowest and now > lowest:
-            after_cut = lowest + (now - lowest) * _decay(model.power_tau_seconds,
-                                                        deadline_seconds)
+            after_cut = _settle(now, float(lowest), model.power_tau_seconds, deadline_seconds)
             cut_gain = max(0.0, expected[mp.miner_id] - after_cut)
         joules_per_th = mp.planned_watts / mp.planned_ths if mp.planned_ths > 0 else math.inf
         out.append(_Candidate(joules_per_th, mp, view, sleep_gain, cut_gain))

@@ -49,12 +49,18 @@ class Overrides:
     included: frozenset[str] = frozenset()  # config exclusion lifted by the operator
 
 
-def _command_age_seconds(rec: MinerRecord, now_seconds: float) -> float | None:
-    """How long ago a command the last read has not seen yet was confirmed."""
+def _unseen_command_at(rec: MinerRecord) -> float | None:
+    """When the last command was confirmed, if the last read predates it."""
     at = rec.commanded_at_seconds
     if at is None or (rec.last_state is not None and rec.last_state.read_at_seconds > at):
         return None
-    return max(now_seconds - at, 0.0)
+    return at
+
+
+def _command_age_seconds(rec: MinerRecord, now_seconds: float) -> float | None:
+    """How long ago a command the last read has not seen yet was confirmed."""
+    at = _unseen_command_at(rec)
+    return None if at is None else max(now_seconds - at, 0.0)
 
 
 class FleetTracker:
@@ -189,10 +195,7 @@ class FleetTracker:
             return MinerStatus.UNREACHABLE
         if state.is_mining is None and state.watts is None:
             return MinerStatus.UNREACHABLE  # nothing about its draw: assume the worst
-        newer_command = (
-            rec.commanded_at_seconds is not None
-            and rec.commanded_at_seconds >= state.read_at_seconds
-        )
+        newer_command = _unseen_command_at(rec) is not None
         if rec.resumed_at_seconds is not None:
             boot_deadline = (
                 rec.resumed_at_seconds

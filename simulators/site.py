@@ -9,7 +9,7 @@ from pathlib import Path
 
 from controller.catalog import find_model
 from controller.config import ModelConfig
-from simulators.miners.fleet import MinerSpec
+from simulators.miners.fleet import MinerSpec, toml_string
 
 SURPLUS_TOPIC = "plant/surplus"
 METER_TOPIC = "site/meter"
@@ -156,8 +156,8 @@ def model_lines(model: ModelConfig) -> list[str]:
     """One ``[[fleet.models]]`` entry, every field spelled out."""
     lines = [
         "[[fleet.models]]",
-        f'model = "{model.model}"',
-        *([f'firmware = "{model.firmware}"'] if model.firmware is not None else []),
+        f"model = {toml_string(model.model)}",
+        *([f"firmware = {toml_string(model.firmware)}"] if model.firmware is not None else []),
         f"nameplate_watts = {model.nameplate_watts}",
         f"nameplate_ths = {model.nameplate_ths!r}",
         f"sleep_watts = {model.sleep_watts}",

@@ -344,7 +344,8 @@ def make_specs(
     return specs
 
 
-def _toml_string(value: str) -> str:
+def toml_string(value: str) -> str:
+    """``value`` as a TOML basic string."""
     escaped = value.replace("\\", "\\\\").replace('"', '\\"')
     return f'"{escaped}"'
 
@@ -354,11 +355,11 @@ def write_inventory(specs: Sequence[MinerSpec], path: str | Path) -> None:
     lines = ["# hashgov inventory written by `hashgov sim miners`", ""]
     for spec in specs:
         lines.append("[[miners]]")
-        lines.append(f"address = {_toml_string(spec.address)}")
+        lines.append(f"address = {toml_string(spec.address)}")
         if spec.name is not None:
-            lines.append(f"name = {_toml_string(spec.name)}")
-        lines.append(f"model = {_toml_string(spec.model)}")
-        lines.append(f"firmware = {_toml_string(spec.firmware)}")
+            lines.append(f"name = {toml_string(spec.name)}")
+        lines.append(f"model = {toml_string(spec.model)}")
+        lines.append(f"firmware = {toml_string(spec.firmware)}")
         lines.append("")
     Path(path).write_text("\n".join(lines), encoding="utf-8")
 
