@@ -1,5 +1,12 @@
 """The daemon's one MQTT connection: subscribe, dispatch, publish, reconnect.
 
+The connection lives on its own thread and event loop ("the I/O thread"): at
+10,000 miners the main loop's turns grow long, and paho reads one MQTT packet
+per turn, so on the main loop the plant's messages aged in the socket until the
+budget went stale. Safety input is isolated from fleet I/O: the I/O thread
+stamps each message when it arrives and hands batches to the main loop, where
+the handlers run (they never run on the I/O thread).
+
 ``MqttLink.run()`` connects with aiomqtt (TLS from ``TlsConfig``; the password
 is read from ``credentials_file`` at every connect and never logged), sets the
 last will, subscribes to every handler topic and dispatches each message with
@@ -15,9 +22,11 @@ dropped — status and replies are state, not history).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import random
-from collections.abc import Callable, Mapping
+import threading
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -96,6 +105,14 @@ def client_options(
     }
 
 
+# (topic, payload, received_wall, received_mono): stamped on the I/O thread
+_Stamped = tuple[str, bytes, float, float]
+
+# How long stopping waits for the I/O thread before giving up on it (it is a
+# daemon thread: aiomqtt's exit waits for the broker's disconnect ack unbounded).
+IO_STOP_WAIT_SECONDS = 5.0
+
+
 class MqttLink:
     def __init__(
         self,
@@ -114,7 +131,9 @@ class MqttLink:
     ) -> None:
         """``birth_payload``: published retained to ``will_topic`` at every connect
         (e.g. ``online``), so the will's ``offline`` is overwritten on return.
-        ``on_connection_change(up)``: called on every connect (True) and drop (False)."""
+        ``on_connection_change(up)``: called on the main loop on every connect (True)
+        and drop (False). ``clock``: read on the I/O thread too (receive stamps,
+        reconnect backoff), so it must be thread-safe there (SystemClock is)."""
         if config.tls is None and not config.is_loopback and not config.allow_insecure:
             raise InsecureConnectionError(
                 f"mqtt.host {config.host!r} is not loopback and mqtt.tls is not set: refusing "
@@ -136,9 +155,15 @@ class MqttLink:
         self.connect_timeout_seconds = connect_timeout_seconds
         self.on_connection_change = on_connection_change
         self._rng = rng or random.Random()
-        self._client: aiomqtt.Client | None = None
+        self._client: aiomqtt.Client | None = None  # set and cleared on the I/O thread
+        # Guards _client and _pending together: a publish that finds no client must
+        # queue before a connect takes the queue, or it waits for the next connect.
+        self._lock = threading.Lock()
         self._pending: dict[str, _Pending] = {}
-        self._connected_event = asyncio.Event()
+        self._connected_event = asyncio.Event()  # main loop
+        self._main_loop: asyncio.AbstractEventLoop | None = None
+        self._io_loop: asyncio.AbstractEventLoop | None = None
+        self._handler_tasks: set[asyncio.Future[Any]] = set()
         self.connect_count = 0  # successful connects so far
         self.failure_count = 0  # failed connects and disconnects so far
         self.messages_received = 0
@@ -158,7 +183,8 @@ class MqttLink:
 
     @property
     def pending_topics(self) -> list[str]:
-        return sorted(self._pending)
+        with self._lock:
+            return sorted(self._pending)
 
     def backoff_seconds(self, failures: int) -> float:
         """Delay before retry number ``failures`` (1-based): capped doubling, 50–100 % jitter."""
@@ -166,35 +192,60 @@ class MqttLink:
         base = min(self.backoff_max_seconds, self.backoff_initial_seconds * doubling)
         return base * (0.5 + 0.5 * self._rng.random())
 
-    # ------------------------------------------------------------ connect
-
-    def _make_client(self) -> aiomqtt.Client:
-        will = aiomqtt.Will(self.will_topic, self.will_payload, qos=1, retain=True)
-        link = self
-
-        class Inbox(asyncio.Queue[aiomqtt.Message]):
-            """aiomqtt's incoming queue, kept by the link so it can drain it."""
-
-            def __init__(self, maxsize: int = 0) -> None:
-                super().__init__(maxsize)
-                link._inbox = self
-
-        return aiomqtt.Client(
-            **client_options(self.config, will=will, timeout_seconds=self.connect_timeout_seconds),
-            queue_type=Inbox,
-        )
-
-    async def _drain_inbox(self) -> None:
-        """Dispatch every message already queued. aiomqtt hands over one message per
-        few event-loop turns; on a loop busy with thousands of miners that is slower
-        than the plant publishes, and the backlog would age until the budget goes
-        stale. Draining per wake-up keeps pace with what paho reads."""
-        inbox = self._inbox
-        while inbox is not None and not inbox.empty():
-            await self._dispatch(inbox.get_nowait())
+    # ------------------------------------------------------ the I/O thread
 
     async def run(self) -> None:
-        """Stay connected until cancelled."""
+        """Stay connected until cancelled. The connection runs on its own thread;
+        this coroutine only waits for it and stops it when cancelled."""
+        main = asyncio.get_running_loop()
+        self._main_loop = main
+        finished: asyncio.Future[None] = main.create_future()
+        started = threading.Event()
+        io_task: list[asyncio.Task[None]] = []
+
+        def thread_main() -> None:
+            loop = asyncio.new_event_loop()
+            self._io_loop = loop
+            io_task.append(loop.create_task(self._run_io()))
+            started.set()
+            failure: BaseException | None = None
+            try:
+                loop.run_until_complete(io_task[0])
+            except asyncio.CancelledError:  # stopped by run()'s caller
+                pass
+            except BaseException as exc:  # an unexpected error: run() raises it
+                failure = exc
+            finally:
+                with self._lock:
+                    self._io_loop = None
+                loop.close()
+                with contextlib.suppress(RuntimeError):  # the main loop closed first
+                    main.call_soon_threadsafe(_settle, finished, failure)
+
+        thread = threading.Thread(target=thread_main, name="hashgov-mqtt", daemon=True)
+        thread.start()
+        started.wait()  # microseconds: the thread only makes its loop and task
+        try:
+            await asyncio.shield(finished)
+        finally:
+            await self._stop_io(io_task[0], finished)
+
+    async def _stop_io(self, task: asyncio.Task[None], finished: asyncio.Future[None]) -> None:
+        """Cancel the I/O task (twice if its exit hangs on the broker) and wait, bounded."""
+        for _ in range(2):
+            io = self._io_loop
+            if finished.done() or io is None:
+                break
+            try:
+                io.call_soon_threadsafe(task.cancel)
+            except RuntimeError:  # the I/O loop closed meanwhile
+                break
+            done, _pending = await asyncio.wait({finished}, timeout=IO_STOP_WAIT_SECONDS / 2)
+            if done:
+                break
+        self._set_down()
+
+    async def _run_io(self) -> None:
         failures = 0
         while True:
             try:
@@ -203,8 +254,7 @@ class MqttLink:
                     failures = 0
                     await self._on_connected(client)
                     async for message in client.messages:
-                        await self._dispatch(message)
-                        await self._drain_inbox()
+                        self._hand_over(self._drain_after(message))
                 # the message stream ended without an error: treat as a disconnect
                 raise aiomqtt.MqttError("message stream ended")
             except (aiomqtt.MqttError, OSError, CredentialsError) as exc:
@@ -223,17 +273,78 @@ class MqttLink:
             finally:
                 self._set_down()
 
+    def _make_client(self) -> aiomqtt.Client:
+        will = aiomqtt.Will(self.will_topic, self.will_payload, qos=1, retain=True)
+        link = self
+
+        class Inbox(asyncio.Queue[aiomqtt.Message]):
+            """aiomqtt's incoming queue, kept by the link so it can drain it."""
+
+            def __init__(self, maxsize: int = 0) -> None:
+                super().__init__(maxsize)
+                link._inbox = self
+
+        return aiomqtt.Client(
+            **client_options(self.config, will=will, timeout_seconds=self.connect_timeout_seconds),
+            queue_type=Inbox,
+        )
+
+    def _drain_after(self, first: aiomqtt.Message) -> list[_Stamped]:
+        """``first`` and every message already queued behind it, stamped now, in
+        order: one hand-over to the main loop per batch, not per message."""
+        batch: list[_Stamped] = []
+        message: aiomqtt.Message | None = first
+        inbox = self._inbox
+        while message is not None:
+            stamped = self._stamp(message)
+            if stamped is not None:
+                batch.append(stamped)
+            message = inbox.get_nowait() if inbox is not None and not inbox.empty() else None
+        return batch
+
+    def _stamp(self, message: aiomqtt.Message) -> _Stamped | None:
+        topic = message.topic.value
+        if topic not in self.handlers:
+            return None
+        return (topic, _as_bytes(message.payload), self.clock.wall(), self.clock.monotonic())
+
+    def _hand_over(self, batch: list[_Stamped]) -> None:
+        main = self._main_loop
+        if batch and main is not None:
+            with contextlib.suppress(RuntimeError):  # the main loop closed meanwhile
+                main.call_soon_threadsafe(self._deliver, batch)
+
+    def _announce(self, up: bool) -> None:
+        """Connection state to the main loop (the event and the callback live there)."""
+        main = self._main_loop
+        if main is None or main.is_closed():
+            return
+        with contextlib.suppress(RuntimeError):  # the main loop closed meanwhile
+            main.call_soon_threadsafe(self._apply_connection_state, up)
+
+    def _apply_connection_state(self, up: bool) -> None:
+        if up == self._connected_event.is_set():
+            return
+        if up:
+            self._connected_event.set()
+        else:
+            self._connected_event.clear()
+        if self.on_connection_change is not None:
+            self.on_connection_change(up)
+
     def _set_down(self) -> None:
-        announced = self._connected_event.is_set()
-        self._client = None
-        self._connected_event.clear()
-        if announced and self.on_connection_change is not None:
-            self.on_connection_change(False)
+        with self._lock:
+            was_up = self._client is not None
+            self._client = None
+        if was_up:
+            self._announce(False)
 
     async def _on_connected(self, client: aiomqtt.Client) -> None:
         for topic in self.handlers:
             await client.subscribe(topic, qos=1)
-        self._client = client
+        with self._lock:
+            self._client = client
+            pending, self._pending = self._pending, {}
         self.connect_count += 1
         self._log.info(
             "mqtt_connected",
@@ -244,29 +355,37 @@ class MqttLink:
         )
         if self.birth_payload is not None:
             await client.publish(self.will_topic, self.birth_payload, qos=1, retain=True)
-        pending, self._pending = self._pending, {}
         for topic, item in pending.items():
             await client.publish(topic, item.payload, qos=item.qos, retain=item.retain)
-        self._connected_event.set()
-        if self.on_connection_change is not None:
-            self.on_connection_change(True)
+        self._announce(True)
 
-    async def _dispatch(self, message: aiomqtt.Message) -> None:
-        topic = message.topic.value
-        handler = self.handlers.get(topic)
-        if handler is None:
-            return
-        self.messages_received += 1
-        received_wall = self.clock.wall()
-        received_mono = self.clock.monotonic()
-        try:
-            result: Any = handler(topic, _as_bytes(message.payload), received_wall, received_mono)
+    # ---------------------------------------------------- the main loop
+
+    def _deliver(self, batch: list[_Stamped]) -> None:
+        """Run the handlers for one batch, in arrival order (main loop)."""
+        for topic, payload, received_wall, received_mono in batch:
+            handler = self.handlers.get(topic)
+            if handler is None:
+                continue
+            self.messages_received += 1
+            try:
+                result: Any = handler(topic, payload, received_wall, received_mono)
+            except Exception as exc:  # a bad handler must not take the link down
+                self._log.error("mqtt_handler_failed", topic=topic, error=repr(exc))
+                continue
             if inspect.isawaitable(result):
-                await result
-        except Exception as exc:  # a bad handler must not take the link down
-            self._log.error("mqtt_handler_failed", topic=topic, error=repr(exc))
+                self._track(topic, result)
 
-    # ------------------------------------------------------------ publish
+    def _track(self, topic: str, result: Awaitable[Any]) -> None:
+        task = asyncio.ensure_future(result)
+        self._handler_tasks.add(task)
+
+        def done(t: asyncio.Future[Any]) -> None:
+            self._handler_tasks.discard(t)
+            if not t.cancelled() and t.exception() is not None:
+                self._log.error("mqtt_handler_failed", topic=topic, error=repr(t.exception()))
+
+        task.add_done_callback(done)
 
     async def publish(
         self,
@@ -279,12 +398,29 @@ class MqttLink:
         """Publish now if connected (True); otherwise keep the latest per topic for the
         next connect (False). Never raises for a connection problem."""
         data = _as_bytes(payload)
-        client = self._client
-        if client is not None:
-            try:
-                await client.publish(topic, data, qos=qos, retain=retain, timeout=timeout_seconds)
-                return True
-            except aiomqtt.MqttError as exc:
-                self._log.warning("mqtt_publish_failed", topic=topic, error=str(exc))
-        self._pending[topic] = _Pending(data, retain, qos)
+        with self._lock:
+            client, io = self._client, self._io_loop
+            if client is None or io is None:
+                self._pending[topic] = _Pending(data, retain, qos)
+                return False
+        try:
+            sent = asyncio.run_coroutine_threadsafe(
+                client.publish(topic, data, qos=qos, retain=retain, timeout=timeout_seconds), io
+            )
+            # bounded even if the I/O loop stops with the publish still pending
+            await asyncio.wait_for(asyncio.wrap_future(sent), timeout_seconds + 1.0)
+            return True
+        except (aiomqtt.MqttError, RuntimeError, TimeoutError) as exc:
+            self._log.warning("mqtt_publish_failed", topic=topic, error=str(exc) or repr(exc))
+        with self._lock:
+            self._pending[topic] = _Pending(data, retain, qos)
         return False
+
+
+def _settle(future: asyncio.Future[None], failure: BaseException | None) -> None:
+    if future.done():
+        return
+    if failure is None:
+        future.set_result(None)
+    else:
+        future.set_exception(failure)

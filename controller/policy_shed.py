@@ -20,7 +20,7 @@ from __future__ import annotations
 import dataclasses
 import math
 
-from controller.fleet import FleetState, MinerView
+from controller.fleet import FleetState, MinerStatus, MinerView
 from controller.policy import MinerPlan, Plan
 
 FAST_SHED_REASON = "fast shed: a target cut would settle over budget too slowly"
@@ -92,7 +92,8 @@ class _Candidate:
 
 def _candidates(the_plan: Plan, views: dict[str, MinerView], nows: dict[str, float],
                 expected: dict[str, float], deadline_seconds: float) -> list[_Candidate]:
-    """Running, unpinned, controllable miners the plan keeps running, worst J/TH first.
+    """Running, unpinned, controllable miners the plan keeps running: hashing ones
+    before booting ones, worst J/TH first.
     Gains are computed, plans built only for the miners chosen (10,000-miner sites)."""
     out: list[_Candidate] = []
     for mp in the_plan.miners:
@@ -115,7 +116,10 @@ def _candidates(the_plan: Plan, views: dict[str, MinerView], nows: dict[str, flo
             cut_gain = max(0.0, expected[mp.miner_id] - after_cut)
         joules_per_th = mp.planned_watts / mp.planned_ths if mp.planned_ths > 0 else math.inf
         out.append(_Candidate(joules_per_th, mp, view, sleep_gain, cut_gain))
-    out.sort(key=lambda c: (-c.joules_per_th, -c.sleep_gain_watts, c.plan.miner_id))
+    # Booting miners last: the draw counted for them is their target, but one just
+    # woken still draws little, so sleeping it saves little now and wastes its boot.
+    out.sort(key=lambda c: (c.view.status is MinerStatus.BOOTING, -c.joules_per_th,
+                            -c.sleep_gain_watts, c.plan.miner_id))
     return out
 
 

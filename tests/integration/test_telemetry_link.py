@@ -94,12 +94,59 @@ async def test_link_ingests_telemetry_end_to_end(broker: MosquittoBroker) -> Non
             await pub.publish("dc/load", b"1500", qos=1)
             await pub.publish("dc/load", b"NaN", qos=1)
             await pub.publish("not/ours", b"1", qos=1)
-        await wait_until(lambda: store.rejected_total() == 1 and store.latest("other_load") is not None)
+        await wait_until(
+            lambda: store.rejected_total() == 1 and store.latest("other_load") is not None
+        )
         surplus = store.latest("surplus")
         other = store.latest("other_load")
         assert surplus is not None and surplus.watts == 42_500.0 and surplus.source_wall is not None
         assert other is not None and other.watts == 1_500.0
         assert store.rejected_counts == {("dc", "nan"): 1}
+        task.cancel()
+
+
+def hold_the_loop_while(sender: Any) -> None:
+    """Block the calling (event-loop) thread as one long turn would: until ``sender``
+    has published everything, then half a second more."""
+    sender.start()
+    sender.join(10)
+    time.sleep(0.5)
+
+
+async def test_messages_are_read_and_stamped_while_the_main_loop_is_busy(
+    broker: MosquittoBroker,
+) -> None:
+    """At 10,000 miners a main-loop turn can take a second. The connection lives on
+    its own thread: messages published during such a turn are read and stamped on
+    arrival, then all delivered at the next turn (on the main loop, in order)."""
+    import threading
+
+    import paho.mqtt.publish as paho_publish
+
+    config = mqtt_config(broker)
+    got: list[tuple[bytes, float, str]] = []
+    link = make_link(
+        config,
+        {"dc/load": lambda t, p, w, m: got.append((p, m, threading.current_thread().name))},
+    )
+    count = 200
+    async with asyncio.TaskGroup() as tg:
+        task = tg.create_task(link.run())
+        await asyncio.wait_for(link.wait_connected(), 10)
+        messages = [{"topic": "dc/load", "payload": str(i), "qos": 1} for i in range(count)]
+        sender = threading.Thread(
+            target=paho_publish.multiple,
+            args=(messages,),
+            kwargs={"hostname": broker.host, "port": broker.port},
+        )
+        busy_from = time.monotonic()
+        hold_the_loop_while(sender)
+        busy_until = time.monotonic()
+        assert got == []  # handlers run on the main loop only, so not yet
+        await wait_until(lambda: len(got) == count)
+        assert [p for p, _, _ in got] == [str(i).encode() for i in range(count)]
+        assert all(busy_from <= m < busy_until for _, m, _ in got)
+        assert {name for _, _, name in got} == {threading.current_thread().name}
         task.cancel()
 
 

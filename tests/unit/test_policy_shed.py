@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 from hypothesis import given
@@ -125,6 +126,30 @@ def test_a_small_excess_is_met_by_deeper_cuts_not_sleeps() -> None:
     deep = reasons.count(DEEP_CUT_REASON)
     assert 0 < deep < 20
     assert any(f"0 miners slept, {deep} cut" in n for n in shed.notes)
+
+
+def test_booting_miners_are_slowed_only_after_every_hashing_one() -> None:
+    """A miner woken a moment ago is counted at its target but still draws little:
+    sleeping it saves little now and wastes its boot. The least efficient miners
+    here are the booting S19j Pros, and still the hashing S21s go first."""
+    booting = [dataclasses.replace(_mining(i, S19J), status=MinerStatus.BOOTING)
+               for i in range(5)]
+    hashing = [_mining(i + 5, S21) for i in range(5)]
+    fleet = FleetState(NOW_SECONDS, tuple(booting + hashing))
+    hashing_ids = {v.miner_id for v in hashing}
+    for share in (0.9, 0.8, 0.6, 0.4):
+        budget = share * fleet.assumed_watts()
+        cut = plan(fleet, budget, CONFIG, NOW_SECONDS)
+        shed = fast_shed(cut, fleet, 1.0)
+        changed = {mp.miner_id for mp in shed.miners
+                   if mp.reason in (FAST_SHED_REASON, DEEP_CUT_REASON)}
+        kept_hashing = {mp.miner_id for mp in cut.miners
+                        if mp.action == "run" and mp.miner_id in hashing_ids}
+        if share == 0.8:
+            assert changed and changed <= hashing_ids, changed
+        if changed - hashing_ids:  # a booting one was slowed: every hashing one was first
+            assert kept_hashing <= changed, (share, changed)
+        assert _expected(shed, fleet, 1.0) <= budget
 
 
 def test_a_drop_within_the_safety_margin_changes_nothing() -> None:

@@ -76,23 +76,45 @@ async def test_publish_while_disconnected_keeps_latest_per_topic() -> None:
     assert lk.pending_topics == ["a", "b"]
 
 
-async def test_queued_messages_are_dispatched_in_one_wakeup_in_order() -> None:
-    """aiomqtt hands over one message per few event-loop turns; a busy loop would let
-    the plant's messages age in its queue. The link drains what is queued."""
-    got: list[bytes] = []
+async def test_queued_messages_are_handed_over_in_one_batch_in_order() -> None:
+    """aiomqtt hands over one message per few event-loop turns. The I/O thread drains
+    what is queued behind each message, stamps it on arrival, and the main loop runs
+    the handlers for the whole batch in order."""
+    got: list[tuple[bytes, float]] = []
+    clock = ManualClock()
     lk = MqttLink(
         MqttConfig(streams=STREAMS),
         will_topic="hashgov/status",
-        handlers={"plant/surplus": lambda topic, payload, wall, mono: got.append(payload)},
-        clock=ManualClock(),
+        handlers={"plant/surplus": lambda topic, payload, wall, mono: got.append((payload, mono))},
+        clock=clock,
     )
     lk._make_client()  # installs the inbox aiomqtt will queue into
     inbox = lk._inbox
     assert inbox is not None and inbox.empty()
-    for i in range(5):
+    for i in range(1, 5):
         inbox.put_nowait(aiomqtt.Message("plant/surplus", str(i).encode(), 1, False, i, None))
     inbox.put_nowait(aiomqtt.Message("other/topic", b"ignored", 1, False, 9, None))
-    await lk._drain_inbox()
-    assert got == [b"0", b"1", b"2", b"3", b"4"]
+    first = aiomqtt.Message("plant/surplus", b"0", 1, False, 0, None)
+    batch = lk._drain_after(first)
     assert inbox.empty()
+    assert [item[1] for item in batch] == [b"0", b"1", b"2", b"3", b"4"]
+    clock.advance(5.0)  # the main loop runs the batch later: stamps are from arrival
+    lk._deliver(batch)
+    assert got == [(str(i).encode(), 1_000.0) for i in range(5)]
     assert lk.messages_received == 5
+
+
+async def test_a_failing_handler_is_logged_and_the_rest_of_the_batch_still_runs() -> None:
+    got: list[bytes] = []
+
+    def bad(topic: str, payload: bytes, wall: float, mono: float) -> None:
+        raise RuntimeError("boom")
+
+    lk = MqttLink(
+        MqttConfig(streams=STREAMS),
+        will_topic="hashgov/status",
+        handlers={"a": bad, "b": lambda topic, payload, wall, mono: got.append(payload)},
+        clock=ManualClock(),
+    )
+    lk._deliver([("a", b"1", 0.0, 0.0), ("b", b"2", 0.0, 0.0)])
+    assert got == [b"2"]
