@@ -145,6 +145,10 @@ class Actuator:
         self._failures: dict[str, int] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self.would_send: list[Command] = []  # shadow mode: the last plan's commands
+        # stops queued or in flight; fleet reads wait for none (see stops_done)
+        self._stops_active = 0
+        self._no_stops = asyncio.Event()
+        self._no_stops.set()
 
     def set_drivers(self, drivers: Mapping[str, MinerDriver]) -> None:
         self._drivers = drivers
@@ -152,6 +156,16 @@ class Actuator:
     @property
     def busy_miners(self) -> frozenset[str]:
         return frozenset(self._in_flight)
+
+    async def stops_done(self) -> None:
+        """Return once no stop is queued or in flight. Fleet reads wait for this: on a
+        trip every connection the miners (and this host) can serve should go to the
+        stops; a read can wait a few seconds, the draw over the grant cannot."""
+        await self._no_stops.wait()
+
+    async def backlog_cleared(self) -> None:
+        """Return once no command is queued for a slot (every slot may still be busy)."""
+        await self._slots.backlog_cleared()
 
     def submit(self, work: Sequence[MinerCommands]) -> int:
         """Start a plan's commands: sheds now, raises after every shed of this plan
@@ -197,15 +211,27 @@ class Actuator:
         await asyncio.gather(*(self._run_miner(w) for w in raises), return_exceptions=True)
 
     async def _run_miner(self, work: MinerCommands) -> None:
+        priority = _priority(work)
+        self._count_stop(priority, +1)
         try:
-            async with self._slots.slot(_priority(work)):
+            async with self._slots.slot(priority):
                 for step in work.steps:
                     result = await self._send(step)
                     self._record(result)
                     if not result.ok and result.outcome is not CommandOutcome.UNVERIFIED:
                         break  # do not resume a miner whose target could not be set, etc.
         finally:
+            self._count_stop(priority, -1)
             self._finished(work.miner_id)
+
+    def _count_stop(self, priority: int, delta: int) -> None:
+        if priority != PRIORITY_STOP:
+            return
+        self._stops_active += delta
+        if self._stops_active > 0:
+            self._no_stops.clear()
+        else:
+            self._no_stops.set()
 
     def _finished(self, miner_id: str) -> None:
         self._in_flight.discard(miner_id)

@@ -10,6 +10,7 @@ policy's ramp and hysteresis pace them anyway).
 from __future__ import annotations
 
 import asyncio
+import collections
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -35,6 +36,10 @@ log = structlog.get_logger("hashgov.control")
 GAP_LOG_INTERVAL_SECONDS = 60.0
 # Non-urgent wake-ups (operator commands, reloads) are spaced at least this far apart.
 MIN_ITERATION_SPACING_SECONDS = 0.2
+# a cut has settled (to 5 %) after this many power time constants
+SETTLE_TIME_CONSTANTS = 3.0
+# rounds remembered for the fast shed's "what may the fleet still draw" (bounded)
+RECENT_BUDGETS_KEPT = 256
 
 
 class MeterFilter:
@@ -98,6 +103,10 @@ class ControlLoop:
         self._urgent = False
         self.previous_plan: Plan | None = None
         self._last_capped_watts: float | None = None  # grant (after operator cap), last round
+        # (monotonic s, capped budget) of recent rounds: what the fleet may still draw
+        self._recent_capped: collections.deque[tuple[float, float]] = collections.deque(
+            maxlen=RECENT_BUDGETS_KEPT
+        )
         self.last: Decision | None = None
         self.fleet_read = asyncio.Event()  # set after the first fleet poll: act only then
         self._last_iteration_at = -float("inf")
@@ -235,15 +244,16 @@ class ControlLoop:
                     model_watts=round(model_watts),
                 )
         the_plan = plan(fleet, effective, self.config, now, self.previous_plan)
-        if self._last_capped_watts is not None and capped < self._last_capped_watts:
-            # the grant dropped: cut targets settle slowly, so cut deeper or sleep some
-            # miners if that would be too slow for the grant itself (the safety margin
-            # is headroom for this). Only on the drop itself (not on meter corrections,
-            # not on later rounds, which see the cut miners still settling).
+        if self._needs_fast_shed(capped, fleet, now):
+            # the grant dropped past the margin: cut targets settle slowly, so cut deeper
+            # or sleep some miners if that would be too slow for the grant itself. Only
+            # on the drop itself (not on meter corrections, not on later rounds, which
+            # see the cut miners still settling).
             site = self.config.site
             the_plan = fast_shed(the_plan, fleet, site.shed_deadline_seconds,
                                  allowance_watts=site.safety_margin_watts)
         self._last_capped_watts = capped
+        self._recent_capped.append((now, capped))
         work = commands_for(the_plan, fleet)
         if op.paused:
             work = [w for w in work if w.sheds]  # paused: hold, but the budget still wins
@@ -268,6 +278,29 @@ class ControlLoop:
         self.last = decision
         self._on_decision(decision)
         return decision
+
+    def _needs_fast_shed(self, capped_watts: float, fleet: FleetState, now: float) -> bool:
+        """A drop this round, to below what the fleet may still draw minus the margin.
+
+        The fleet draws at most the highest budget of the last few settling times
+        (rounds' cuts settle within ~3 time constants). The grant is that budget plus
+        the safety margin, so a drop the margin covers cannot put the draw over the
+        grant, however slowly the plan's cuts settle: no deep cut, no sleep. Without
+        this, every noise dip past zero sent hundreds of deep cuts, raised back the
+        next round, and the command traffic starved the real sheds."""
+        last = self._last_capped_watts
+        if last is None or capped_watts >= last:
+            return False
+        margin_watts = self.config.site.safety_margin_watts
+        if last - capped_watts > margin_watts:
+            return True  # the common case, without scanning the fleet's models
+        horizon_seconds = SETTLE_TIME_CONSTANTS * max(
+            (v.model.power_tau_seconds for v in fleet.miners), default=0.0
+        )
+        recent_high = max(
+            (c for at, c in self._recent_capped if at >= now - horizon_seconds), default=last
+        )
+        return recent_high - capped_watts > margin_watts
 
     def _report_gap(self, gap_watts: float | None, now: float) -> None:
         """A meter/model gap above the configured alert level is logged (once a

@@ -166,6 +166,9 @@ class Service:
             # its interval (misses then rotate to the front of the next poll)
             slack_seconds=max(
                 0.5, config.fleet.poll_interval_seconds - config.fleet.read_timeout_seconds),
+            # reads give way to a trip's stops, and to queued commands for half a poll
+            yield_to=lambda: self.actuator.stops_done(),
+            defer_to=lambda: self.actuator.backlog_cleared(),
         )
         self.actuator = Actuator(
             self.drivers,
@@ -235,6 +238,9 @@ class Service:
                 budget_state=decision.budget.state,
                 commands=len(decision.commands),
                 shadow=self.shadow or None,
+                fast_shed=next(
+                    (n for n in decision.plan.notes if n.startswith("fast shed:")), None
+                ),
             )
         self._status_due.set()
 

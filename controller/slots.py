@@ -28,6 +28,18 @@ class PrioritySlots:
         self._free = slots
         self._order = itertools.count()  # FIFO within one priority
         self._waiters: list[tuple[int, int, asyncio.Future[None]]] = []
+        self._waiting = 0  # acquirers not yet granted (the heap may hold cancelled ones)
+        self._no_backlog = asyncio.Event()
+        self._no_backlog.set()
+
+    @property
+    def waiting(self) -> int:
+        """Acquirers queued for a slot: the backlog."""
+        return self._waiting
+
+    async def backlog_cleared(self) -> None:
+        """Return once nobody is queued for a slot."""
+        await self._no_backlog.wait()
 
     async def acquire(self, priority: int) -> None:
         if self._free > 0:  # a free slot means nobody waits: release hands slots on
@@ -35,12 +47,22 @@ class PrioritySlots:
             return
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         heapq.heappush(self._waiters, (priority, next(self._order), fut))
+        self._count_waiting(+1)
         try:
             await fut
         except asyncio.CancelledError:
             if fut.done() and not fut.cancelled():
                 self.release()  # granted just as we were cancelled: hand it on
             raise
+        finally:
+            self._count_waiting(-1)
+
+    def _count_waiting(self, delta: int) -> None:
+        self._waiting += delta
+        if self._waiting > 0:
+            self._no_backlog.clear()
+        else:
+            self._no_backlog.set()
 
     def release(self) -> None:
         while self._waiters:

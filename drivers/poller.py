@@ -10,8 +10,9 @@ that raises, against the contract) never affects the others.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 
 import structlog
@@ -61,7 +62,15 @@ class FleetPoller:
         read_timeout_seconds: float,
         clock: Clock | None = None,
         slack_seconds: float = 0.5,
+        yield_to: Callable[[], Awaitable[None]] | None = None,
+        defer_to: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
+        """``yield_to``: awaited before each read (the daemon passes the actuator's
+        ``stops_done``: reads give way to a trip's stops). ``defer_to``: awaited too,
+        but only in the first half of each poll (the daemon passes the actuator's
+        ``backlog_cleared``: reads give way to queued commands, yet always get half of
+        every poll). Waits count against the poll's deadline; reads they cost rotate
+        to the front of the next poll."""
         if max_concurrency < 1:
             raise ValueError(f"max_concurrency must be >= 1, got {max_concurrency}")
         self._drivers = dict(drivers)
@@ -70,6 +79,8 @@ class FleetPoller:
         self._clock: Clock = clock or SystemClock()
         self._last: FleetSnapshot | None = None
         self._resume_at = 0  # inventory index the next poll starts at
+        self._yield_to = yield_to
+        self._defer_to = defer_to
 
     @property
     def last(self) -> FleetSnapshot | None:
@@ -94,6 +105,14 @@ class FleetPoller:
                 error=f"driver raised {type(exc).__name__}",
             )
 
+    async def _give_way(self, loop: asyncio.AbstractEventLoop, defer_until: float) -> None:
+        if self._yield_to is not None:
+            await self._yield_to()
+        remaining = defer_until - loop.time()
+        if self._defer_to is not None and remaining > 0:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._defer_to(), remaining)
+
     async def poll(self) -> FleetSnapshot:
         started = self._clock.monotonic()
         drivers = self._drivers
@@ -105,8 +124,14 @@ class FleetPoller:
         queue = list(reversed(order))  # pop() from the end
         fresh: dict[str, MinerState] = {}
 
+        loop = asyncio.get_running_loop()
+        defer_until = loop.time() + self._deadline_seconds / 2
+
         async def worker() -> None:
             while queue:
+                await self._give_way(loop, defer_until)
+                if not queue:
+                    break
                 miner_id, driver = queue.pop()
                 fresh[miner_id] = await self._read_one(miner_id, driver)
 

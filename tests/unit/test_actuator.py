@@ -185,3 +185,24 @@ async def test_stops_overtake_queued_cuts_when_slots_are_busy() -> None:
     gate.set()
     await actuator.drain()
     assert [m for m, _ in log] == ["a", "d", "b", "c"]
+
+
+async def test_stops_done_waits_for_every_queued_and_running_stop_only() -> None:
+    """Fleet reads wait on this during a trip; cuts and raises do not hold them."""
+    log: list[tuple[str, str]] = []
+    gate = asyncio.Event()
+    drivers = {m: FakeDriver(m, log, gate) for m in "abc"}
+    actuator = Actuator(drivers, ManualClock(), max_concurrency=1, on_result=lambda r: None)
+    fleet = FleetState(0.0, tuple(view(m, MinerStatus.MINING) for m in "abc"))
+    await asyncio.wait_for(actuator.stops_done(), 1)  # nothing queued: at once
+    actuator.submit(commands_for(plan_of(("a", "run", 2000)), fleet))
+    await asyncio.sleep(0)
+    await asyncio.wait_for(actuator.stops_done(), 1)  # a cut in flight does not hold reads
+    actuator.submit(commands_for(plan_of(("b", "sleep", None), ("c", "sleep", None)), fleet))
+    waiter = asyncio.ensure_future(actuator.stops_done())
+    await asyncio.sleep(0)
+    assert not waiter.done(), "stops queued behind the cut"
+    gate.set()
+    await asyncio.wait_for(waiter, 1)
+    assert sorted(m for m, kind in log if kind == "stop") == ["b", "c"], "both stops ran first"
+    await actuator.drain()

@@ -4,6 +4,7 @@ meter check (fast attack, slow release) and the operator cap and pause."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -136,3 +137,37 @@ def test_meter_filter_attacks_fast() -> None:
     assert f.update(3000.0, 1.0) == 3000.0
     assert f.update(-500.0, 1.0) == 3000.0
     assert f.update(5000.0, 2.0) == 5000.0
+
+
+def test_fast_shed_runs_only_for_drops_past_the_safety_margin(
+    rig: Rig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A drop the margin covers cannot put the draw over the grant (the fleet was
+    planned at most at the old budget, the grant is the new budget plus the margin),
+    so the fast shed is not consulted. Drops add up while earlier cuts may still be
+    settling (3 power time constants, 9 s in the example)."""
+    import controller.control as control
+
+    consulted: list[float] = []
+    real = control.fast_shed
+
+    def spy(the_plan: Any, fleet: Any, deadline: float, allowance_watts: float = 0.0) -> Any:
+        consulted.append(the_plan.budget_watts)
+        return real(the_plan, fleet, deadline, allowance_watts=allowance_watts)
+
+    monkeypatch.setattr(control, "fast_shed", spy)
+    margin_kw = rig.config.site.safety_margin_kw
+    assert margin_kw > 0
+
+    def round_at(surplus_kw: float, after_seconds: float = 0.5) -> int:
+        rig.clock.advance(after_seconds)
+        rig.surplus(surplus_kw)
+        rig.loop.iterate()
+        return len(consulted)
+
+    assert round_at(30.0) == 0
+    assert round_at(30.0 - 0.6 * margin_kw) == 0, "within the margin: not consulted"
+    assert round_at(30.0 - 1.2 * margin_kw) == 1, "two drops 1 s apart add up past it"
+    assert round_at(30.0 - 1.2 * margin_kw, after_seconds=60.0) == 1, "no drop: no shed"
+    assert round_at(30.0 - 1.8 * margin_kw) == 1, "cuts of a minute ago have settled"
+    assert round_at(30.0 - 3.0 * margin_kw) == 2, "past the margin at once"

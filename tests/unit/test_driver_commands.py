@@ -533,3 +533,33 @@ async def test_identity_unknown_is_asked_again_on_detail_reads_only() -> None:
     assert all("hostname" in include for include in asked)
 
 
+
+
+async def test_reads_yield_to_the_gate_and_the_wait_counts_against_the_deadline() -> None:
+    """The daemon gates reads on the actuator's stops: while closed, nothing is read
+    and the poll ends at its deadline with everything missed; open, all are read."""
+    drivers: dict[str, MinerDriver] = {f"m{i}": ScriptedDriver(f"m{i}") for i in range(6)}
+    gate = asyncio.Event()
+    poller = FleetPoller(drivers, max_concurrency=2, read_timeout_seconds=0.1, slack_seconds=0.05,
+                         yield_to=gate.wait)
+    started = time.monotonic()
+    closed = await poller.poll()
+    assert time.monotonic() - started < 0.5
+    assert closed.missed == frozenset(drivers)
+    gate.set()
+    opened = await poller.poll()
+    assert opened.missed == frozenset() and opened.reachable_count == 6
+
+
+async def test_reads_defer_to_a_backlog_for_half_a_poll_only() -> None:
+    """Queued commands go first, but a backlog that never clears cannot starve
+    the reads: after half the poll's window they go ahead."""
+    drivers: dict[str, MinerDriver] = {f"m{i}": ScriptedDriver(f"m{i}") for i in range(6)}
+    never = asyncio.Event()
+    poller = FleetPoller(drivers, max_concurrency=2, read_timeout_seconds=0.2, slack_seconds=0.2,
+                         defer_to=never.wait)
+    started = time.monotonic()
+    snap = await poller.poll()
+    took = time.monotonic() - started
+    assert snap.missed == frozenset() and snap.reachable_count == 6, "read within the window"
+    assert took >= 0.19, f"deferred for half the 0.4 s window first: {took:.3f} s"

@@ -73,3 +73,28 @@ async def test_cancelled_waiter_does_not_lose_a_slot() -> None:
 def test_needs_a_slot() -> None:
     with pytest.raises(ValueError, match="at least 1"):
         PrioritySlots(0)
+
+
+async def test_backlog_counts_queued_acquirers_and_clears_when_all_are_served() -> None:
+    slots = PrioritySlots(1)
+    order: list[str] = []
+    release = asyncio.Event()
+    await asyncio.wait_for(slots.backlog_cleared(), 1)  # nothing queued
+    running = asyncio.create_task(_holder(slots, PRIORITY_RAISE, "running", order, release))
+    await asyncio.sleep(0)
+    assert slots.waiting == 0, "a busy slot alone is no backlog"
+    queued = [asyncio.create_task(_holder(slots, PRIORITY_CUT, f"q{i}", order, release))
+              for i in range(2)]
+    cancelled = asyncio.create_task(_holder(slots, PRIORITY_CUT, "gone", order, release))
+    await asyncio.sleep(0)
+    assert slots.waiting == 3
+    cancelled.cancel()
+    await asyncio.sleep(0)
+    assert slots.waiting == 2, "a cancelled waiter leaves the backlog"
+    cleared = asyncio.create_task(slots.backlog_cleared())
+    await asyncio.sleep(0)
+    assert not cleared.done()
+    release.set()
+    await asyncio.wait_for(cleared, 1)
+    await asyncio.gather(running, *queued)
+    assert slots.waiting == 0 and order == ["running", "q0", "q1"]
