@@ -141,6 +141,8 @@ class Actuator:
         self.dry_run = dry_run
         self._generation = 0
         self._in_flight: set[str] = set()
+        # miner -> generation of the plan whose raise wave it waits in (not started yet)
+        self._queued_raises: dict[str, int] = {}
         self._backoff_until: dict[str, float] = {}
         self._failures: dict[str, int] = {}
         self._tasks: set[asyncio.Task[None]] = set()
@@ -172,6 +174,12 @@ class Actuator:
         finished (unless a newer plan superseded them). Returns commands started."""
         self._generation += 1
         generation = self._generation
+        # raises still waiting for an older plan's sheds: this plan decides them now.
+        # (Kept busy, they were left out of this plan and waited for the next one; on
+        # a busy site every plan has sheds, and the raises after a trip starved.)
+        for miner_id in list(self._queued_raises):
+            del self._queued_raises[miner_id]
+            self._finished(miner_id)
         now = self._clock.monotonic()
         ready = [
             w
@@ -189,6 +197,8 @@ class Actuator:
                 self._observer.commands_started(w.miner_id, w.pending_watts)
         shed_tasks = [self._spawn(self._run_miner(w)) for w in sheds]
         if raises:
+            for w in raises:
+                self._queued_raises[w.miner_id] = generation
             self._spawn(self._raise_after(shed_tasks, raises, generation))
         return len(ready)
 
@@ -203,12 +213,11 @@ class Actuator:
     ) -> None:
         if shed_tasks:
             await asyncio.gather(*shed_tasks, return_exceptions=True)
-        if generation != self._generation:
-            # a newer plan exists: it re-decides these raises from fresher state
-            for w in raises:
-                self._finished(w.miner_id)
-            return
-        await asyncio.gather(*(self._run_miner(w) for w in raises), return_exceptions=True)
+        # a newer plan took back whatever it re-decided (all of them, when one exists)
+        still_ours = [w for w in raises if self._queued_raises.get(w.miner_id) == generation]
+        for w in still_ours:
+            del self._queued_raises[w.miner_id]
+        await asyncio.gather(*(self._run_miner(w) for w in still_ours), return_exceptions=True)
 
     async def _run_miner(self, work: MinerCommands) -> None:
         priority = _priority(work)

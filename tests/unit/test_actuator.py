@@ -206,3 +206,25 @@ async def test_stops_done_waits_for_every_queued_and_running_stop_only() -> None
     await asyncio.wait_for(waiter, 1)
     assert sorted(m for m, kind in log if kind == "stop") == ["b", "c"], "both stops ran first"
     await actuator.drain()
+
+
+async def test_a_newer_plan_takes_over_raises_still_waiting_for_older_sheds() -> None:
+    """A raise queued behind an older plan's sheds is re-decided by the next plan at
+    once (sent if that plan still wants it), not left out until a third plan."""
+    log: list[tuple[str, str]] = []
+    gate = asyncio.Event()
+    drivers = {m: FakeDriver(m, log, gate) for m in "abc"}
+    actuator = Actuator(drivers, ManualClock(), max_concurrency=8, on_result=lambda r: None)
+    fleet = FleetState(0.0, (view("a", MinerStatus.MINING), view("b", MinerStatus.SLEEPING),
+                             view("c", MinerStatus.MINING)))
+    first = commands_for(plan_of(("a", "sleep", None), ("b", "run", 3000)), fleet)
+    assert actuator.submit(first) == 2
+    await asyncio.sleep(0)
+    assert "b" in actuator.busy_miners
+    # the next plan still wants b up (and cuts c): b is part of it, not skipped as busy
+    second = commands_for(plan_of(("b", "run", 3000), ("c", "run", 2000)), fleet)
+    assert actuator.submit(second) == 2
+    gate.set()
+    await actuator.drain()
+    assert log.count(("b", "resume")) == 1, "sent once, for the newer plan"
+    assert actuator.busy_miners == frozenset()
