@@ -21,7 +21,7 @@ import structlog
 from controller.clock import Clock
 from controller.fleet import FleetState, MinerView
 from controller.policy import Plan
-from controller.slots import PRIORITY_CUT, PRIORITY_RAISE, PRIORITY_STOP, PrioritySlots
+from controller.slots import PRIORITY_CUT, PRIORITY_RAISE, PRIORITY_STOP, PrioritySlots, Tally
 from drivers.base import CommandKind, CommandOutcome, CommandResult, MinerDriver
 
 log = structlog.get_logger("hashgov.actuator")
@@ -147,10 +147,7 @@ class Actuator:
         self._failures: dict[str, int] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self.would_send: list[Command] = []  # shadow mode: the last plan's commands
-        # stops queued or in flight; fleet reads wait for none (see stops_done)
-        self._stops_active = 0
-        self._no_stops = asyncio.Event()
-        self._no_stops.set()
+        self._stops = Tally()  # stops queued or in flight (see commands_first)
 
     def set_drivers(self, drivers: Mapping[str, MinerDriver]) -> None:
         self._drivers = drivers
@@ -159,15 +156,20 @@ class Actuator:
     def busy_miners(self) -> frozenset[str]:
         return frozenset(self._in_flight)
 
-    async def stops_done(self) -> None:
-        """Return once no stop is queued or in flight. Fleet reads wait for this: on a
-        trip every connection the miners (and this host) can serve should go to the
-        stops; a read can wait a few seconds, the draw over the grant cannot."""
-        await self._no_stops.wait()
+    async def stops_first(self) -> None:
+        """Return once no stop is queued for a slot. Fleet reads wait for this: on a
+        trip every connection the miners and this host can serve should go to the
+        stops; a read can wait a second, the draw over the grant cannot."""
+        await self._slots.backlog_cleared(PRIORITY_STOP)
 
-    async def backlog_cleared(self) -> None:
-        """Return once no command is queued for a slot (every slot may still be busy)."""
-        await self._slots.backlog_cleared()
+    async def commands_first(self) -> None:
+        """Return once no stop is queued or in flight and no command is queued for a
+        slot. Fleet reads wait for this too, for part of each poll only (see
+        FleetPoller): the wake-ups after a trip go first as well, but a stop that
+        hangs on a dead miner must not hold every read."""
+        while self._stops.count > 0 or self._slots.waiting > 0:
+            await self._stops.zero()
+            await self._slots.backlog_cleared()
 
     def submit(self, work: Sequence[MinerCommands]) -> int:
         """Start a plan's commands: sheds now, raises after every shed of this plan
@@ -221,7 +223,9 @@ class Actuator:
 
     async def _run_miner(self, work: MinerCommands) -> None:
         priority = _priority(work)
-        self._count_stop(priority, +1)
+        stop = priority == PRIORITY_STOP
+        if stop:
+            self._stops.add(+1)
         try:
             async with self._slots.slot(priority):
                 for step in work.steps:
@@ -230,17 +234,9 @@ class Actuator:
                     if not result.ok and result.outcome is not CommandOutcome.UNVERIFIED:
                         break  # do not resume a miner whose target could not be set, etc.
         finally:
-            self._count_stop(priority, -1)
+            if stop:
+                self._stops.add(-1)
             self._finished(work.miner_id)
-
-    def _count_stop(self, priority: int, delta: int) -> None:
-        if priority != PRIORITY_STOP:
-            return
-        self._stops_active += delta
-        if self._stops_active > 0:
-            self._no_stops.clear()
-        else:
-            self._no_stops.set()
 
     def _finished(self, miner_id: str) -> None:
         self._in_flight.discard(miner_id)

@@ -166,9 +166,10 @@ class Service:
             # its interval (misses then rotate to the front of the next poll)
             slack_seconds=max(
                 0.5, config.fleet.poll_interval_seconds - config.fleet.read_timeout_seconds),
-            # reads give way to a trip's stops, and to queued commands for half a poll
-            yield_to=lambda: self.actuator.stops_done(),
-            defer_to=lambda: self.actuator.backlog_cleared(),
+            # reads give way to a trip's queued stops, and to running stops and queued
+            # commands for half a poll
+            yield_to=lambda: self.actuator.stops_first(),
+            defer_to=lambda: self.actuator.commands_first(),
         )
         self.actuator = Actuator(
             self.drivers,

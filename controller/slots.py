@@ -21,6 +21,25 @@ PRIORITY_CUT = 1  # lowers a target
 PRIORITY_RAISE = 2  # adds load: never ahead of anything that sheds
 
 
+class Tally:
+    """A count that can be awaited down to zero (queued or running work)."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self._zero = asyncio.Event()
+        self._zero.set()
+
+    def add(self, delta: int) -> None:
+        self.count += delta
+        if self.count > 0:
+            self._zero.clear()
+        else:
+            self._zero.set()
+
+    async def zero(self) -> None:
+        await self._zero.wait()
+
+
 class PrioritySlots:
     def __init__(self, slots: int) -> None:
         if slots < 1:
@@ -28,18 +47,20 @@ class PrioritySlots:
         self._free = slots
         self._order = itertools.count()  # FIFO within one priority
         self._waiters: list[tuple[int, int, asyncio.Future[None]]] = []
-        self._waiting = 0  # acquirers not yet granted (the heap may hold cancelled ones)
-        self._no_backlog = asyncio.Event()
-        self._no_backlog.set()
+        self._waiting = Tally()  # acquirers not granted yet (the heap may hold cancelled ones)
+        self._waiting_by_priority: dict[int, Tally] = {}
 
     @property
     def waiting(self) -> int:
         """Acquirers queued for a slot: the backlog."""
-        return self._waiting
+        return self._waiting.count
 
-    async def backlog_cleared(self) -> None:
-        """Return once nobody is queued for a slot."""
-        await self._no_backlog.wait()
+    async def backlog_cleared(self, priority: int | None = None) -> None:
+        """Return once nobody (of ``priority``, if given) is queued for a slot."""
+        await (self._waiting if priority is None else self._tally(priority)).zero()
+
+    def _tally(self, priority: int) -> Tally:
+        return self._waiting_by_priority.setdefault(priority, Tally())
 
     async def acquire(self, priority: int) -> None:
         if self._free > 0:  # a free slot means nobody waits: release hands slots on
@@ -47,7 +68,9 @@ class PrioritySlots:
             return
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         heapq.heappush(self._waiters, (priority, next(self._order), fut))
-        self._count_waiting(+1)
+        queued = (self._waiting, self._tally(priority))
+        for tally in queued:
+            tally.add(+1)
         try:
             await fut
         except asyncio.CancelledError:
@@ -55,14 +78,8 @@ class PrioritySlots:
                 self.release()  # granted just as we were cancelled: hand it on
             raise
         finally:
-            self._count_waiting(-1)
-
-    def _count_waiting(self, delta: int) -> None:
-        self._waiting += delta
-        if self._waiting > 0:
-            self._no_backlog.clear()
-        else:
-            self._no_backlog.set()
+            for tally in queued:
+                tally.add(-1)
 
     def release(self) -> None:
         while self._waiters:

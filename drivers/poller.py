@@ -66,11 +66,12 @@ class FleetPoller:
         defer_to: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         """``yield_to``: awaited before each read (the daemon passes the actuator's
-        ``stops_done``: reads give way to a trip's stops). ``defer_to``: awaited too,
-        but only in the first half of each poll (the daemon passes the actuator's
-        ``backlog_cleared``: reads give way to queued commands, yet always get half of
-        every poll). Waits count against the poll's deadline; reads they cost rotate
-        to the front of the next poll."""
+        ``stops_first``: while a trip's stops queue for connections, no read
+        starts). ``defer_to``: awaited too, in the first half of each poll only (the
+        daemon passes ``commands_first``: reads give way to running stops and to
+        queued commands, yet always get half of every poll, so a stop that hangs on
+        a dead miner cannot starve them). Waits count against the poll's deadline;
+        reads they cost rotate to the front of the next poll."""
         if max_concurrency < 1:
             raise ValueError(f"max_concurrency must be >= 1, got {max_concurrency}")
         self._drivers = dict(drivers)

@@ -169,13 +169,24 @@ async def test_shadow_mode_sends_nothing_but_records() -> None:
     assert [c.kind for c in actuator.would_send] == [CommandKind.STOP]
 
 
-async def test_stops_overtake_queued_cuts_when_slots_are_busy() -> None:
-    """A trip's stops must not wait behind earlier rounds' target cuts."""
+def gated(miner_ids: str, max_concurrency: int = 1) -> tuple[list[tuple[str, str]], asyncio.Event, Actuator]:
+    """An actuator over FakeDrivers that all wait on one gate: (call log, gate, actuator)."""
     log: list[tuple[str, str]] = []
     gate = asyncio.Event()
-    drivers = {m: FakeDriver(m, log, gate) for m in "abcd"}
-    actuator = Actuator(drivers, ManualClock(), max_concurrency=1, on_result=lambda r: None)
-    fleet = FleetState(0.0, tuple(view(m, MinerStatus.MINING) for m in "abcd"))
+    drivers = {m: FakeDriver(m, log, gate) for m in miner_ids}
+    actuator = Actuator(drivers, ManualClock(), max_concurrency=max_concurrency,
+                        on_result=lambda r: None)
+    return log, gate, actuator
+
+
+def mining(miner_ids: str) -> FleetState:
+    return FleetState(0.0, tuple(view(m, MinerStatus.MINING) for m in miner_ids))
+
+
+async def test_stops_overtake_queued_cuts_when_slots_are_busy() -> None:
+    """A trip's stops must not wait behind earlier rounds' target cuts."""
+    log, gate, actuator = gated("abcd")
+    fleet = mining("abcd")
     actuator.submit(
         commands_for(plan_of(("a", "run", 2000), ("b", "run", 2000), ("c", "run", 2000)), fleet)
     )
@@ -187,34 +198,54 @@ async def test_stops_overtake_queued_cuts_when_slots_are_busy() -> None:
     assert [m for m, _ in log] == ["a", "d", "b", "c"]
 
 
-async def test_stops_done_waits_for_every_queued_and_running_stop_only() -> None:
-    """Fleet reads wait on this during a trip; cuts and raises do not hold them."""
-    log: list[tuple[str, str]] = []
-    gate = asyncio.Event()
-    drivers = {m: FakeDriver(m, log, gate) for m in "abc"}
-    actuator = Actuator(drivers, ManualClock(), max_concurrency=1, on_result=lambda r: None)
-    fleet = FleetState(0.0, tuple(view(m, MinerStatus.MINING) for m in "abc"))
-    await asyncio.wait_for(actuator.stops_done(), 1)  # nothing queued: at once
+async def test_commands_first_waits_for_stops_and_for_queued_commands() -> None:
+    """Fleet reads wait on this: a running cut with no queue does not hold them; a
+    running stop does, and so do commands queued for a slot."""
+    log, gate, actuator = gated("abcd")
+    fleet = mining("abcd")
+    await asyncio.wait_for(actuator.commands_first(), 1)  # nothing at all: at once
     actuator.submit(commands_for(plan_of(("a", "run", 2000)), fleet))
     await asyncio.sleep(0)
-    await asyncio.wait_for(actuator.stops_done(), 1)  # a cut in flight does not hold reads
-    actuator.submit(commands_for(plan_of(("b", "sleep", None), ("c", "sleep", None)), fleet))
-    waiter = asyncio.ensure_future(actuator.stops_done())
+    await asyncio.wait_for(actuator.commands_first(), 1)  # one cut running, none queued
+    actuator.submit(commands_for(plan_of(("b", "run", 2000)), fleet))
+    waiter = asyncio.ensure_future(actuator.commands_first())
     await asyncio.sleep(0)
-    assert not waiter.done(), "stops queued behind the cut"
+    assert not waiter.done(), "a cut queued for the slot"
     gate.set()
     await asyncio.wait_for(waiter, 1)
-    assert sorted(m for m, kind in log if kind == "stop") == ["b", "c"], "both stops ran first"
+    await actuator.drain()
+    gate.clear()
+    actuator.submit(commands_for(plan_of(("c", "sleep", None)), fleet))
+    waiter = asyncio.ensure_future(actuator.commands_first())
+    await asyncio.sleep(0)
+    assert log[-1] == ("c", "stop") and not waiter.done(), "a running stop holds reads"
+    gate.set()
+    await asyncio.wait_for(waiter, 1)
+    await actuator.drain()
+
+
+async def test_stops_first_waits_only_while_stops_queue_for_a_slot() -> None:
+    """Reads wait unbounded for this: a trip's stops queued for connections. A stop
+    already running (perhaps hanging on a dead miner) does not hold it."""
+    log, gate, actuator = gated("abc")
+    fleet = mining("abc")
+    actuator.submit(commands_for(plan_of(("a", "sleep", None)), fleet))
+    await asyncio.sleep(0)
+    assert log == [("a", "stop")]
+    await asyncio.wait_for(actuator.stops_first(), 1)  # running, none queued
+    actuator.submit(commands_for(plan_of(("b", "sleep", None), ("c", "sleep", None)), fleet))
+    waiter = asyncio.ensure_future(actuator.stops_first())
+    await asyncio.sleep(0)
+    assert not waiter.done(), "two stops queued behind a"
+    gate.set()
+    await asyncio.wait_for(waiter, 1)
     await actuator.drain()
 
 
 async def test_a_newer_plan_takes_over_raises_still_waiting_for_older_sheds() -> None:
     """A raise queued behind an older plan's sheds is re-decided by the next plan at
     once (sent if that plan still wants it), not left out until a third plan."""
-    log: list[tuple[str, str]] = []
-    gate = asyncio.Event()
-    drivers = {m: FakeDriver(m, log, gate) for m in "abc"}
-    actuator = Actuator(drivers, ManualClock(), max_concurrency=8, on_result=lambda r: None)
+    log, gate, actuator = gated("abc", max_concurrency=8)
     fleet = FleetState(0.0, (view("a", MinerStatus.MINING), view("b", MinerStatus.SLEEPING),
                              view("c", MinerStatus.MINING)))
     first = commands_for(plan_of(("a", "sleep", None), ("b", "run", 3000)), fleet)

@@ -98,3 +98,22 @@ async def test_backlog_counts_queued_acquirers_and_clears_when_all_are_served() 
     await asyncio.wait_for(cleared, 1)
     await asyncio.gather(running, *queued)
     assert slots.waiting == 0 and order == ["running", "q0", "q1"]
+
+
+async def test_backlog_by_priority_waits_only_for_that_priority() -> None:
+    slots = PrioritySlots(1)
+    order: list[str] = []
+    release = asyncio.Event()
+    running = asyncio.create_task(_holder(slots, PRIORITY_RAISE, "running", order, release))
+    cut = asyncio.create_task(_holder(slots, PRIORITY_CUT, "cut", order, release))
+    await asyncio.sleep(0)
+    await asyncio.wait_for(slots.backlog_cleared(PRIORITY_STOP), 1)  # only a cut queued
+    stop = asyncio.create_task(_holder(slots, PRIORITY_STOP, "stop", order, release))
+    await asyncio.sleep(0)
+    stops_cleared = asyncio.create_task(slots.backlog_cleared(PRIORITY_STOP))
+    await asyncio.sleep(0)
+    assert not stops_cleared.done()
+    release.set()
+    await asyncio.wait_for(stops_cleared, 1)
+    await asyncio.gather(running, cut, stop)
+    assert order == ["running", "stop", "cut"]
