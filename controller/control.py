@@ -102,8 +102,8 @@ class ControlLoop:
         self._wake = asyncio.Event()
         self._urgent = False
         self.previous_plan: Plan | None = None
-        self._last_capped_watts: float | None = None  # grant (after operator cap), last round
-        # (monotonic s, capped budget) of recent rounds: what the fleet may still draw
+        # (monotonic s, grant after the operator cap) of recent rounds, the last one
+        # last: a drop is against the last, what the fleet may still draw the highest
         self._recent_capped: collections.deque[tuple[float, float]] = collections.deque(
             maxlen=RECENT_BUDGETS_KEPT
         )
@@ -252,7 +252,6 @@ class ControlLoop:
             site = self.config.site
             the_plan = fast_shed(the_plan, fleet, site.shed_deadline_seconds,
                                  allowance_watts=site.safety_margin_watts)
-        self._last_capped_watts = capped
         self._recent_capped.append((now, capped))
         work = commands_for(the_plan, fleet)
         if op.paused:
@@ -288,8 +287,10 @@ class ControlLoop:
         grant, however slowly the plan's cuts settle: no deep cut, no sleep. Without
         this, every noise dip past zero sent hundreds of deep cuts, raised back the
         next round, and the command traffic starved the real sheds."""
-        last = self._last_capped_watts
-        if last is None or capped_watts >= last:
+        if not self._recent_capped:
+            return False
+        last = self._recent_capped[-1][1]
+        if capped_watts >= last:
             return False
         margin_watts = self.config.site.safety_margin_watts
         if last - capped_watts > margin_watts:
