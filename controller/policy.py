@@ -29,6 +29,8 @@ from controller.policy_fill import (
     Group,
     Kind,
     Ladder,
+    assign_counts,
+    assign_sticky,
     build_ladder,
     improve_locally,
     solve_exact,
@@ -343,7 +345,11 @@ def _limits(
 class _Grouping:
     groups: list[Group]
     members: list[list[MinerView]]  # per group, ascending miner_id
+    current: list[list[int]]  # per group, each member's present level (0: asleep)
+    # per group, the level a sleeping member's firmware still holds (0: unknown, or on)
+    resume: list[list[int]]
     held_off: list[MinerView]  # sleep whatever the budget (min off-time or hysteresis)
+    levels: list[list[int]] = field(default_factory=list)  # per group, each member's level
 
 
 def _group(census: _Census, limits: _Limits) -> _Grouping:
@@ -354,7 +360,7 @@ def _group(census: _Census, limits: _Limits) -> _Grouping:
     target and sleepers stay asleep.
     """
     ladders: dict[tuple[int, int, bool], Ladder] = {}
-    merged: dict[tuple[int, Kind, int, bool, int], list[MinerView]] = {}
+    merged: dict[tuple[int, Kind, int, bool, int], list[tuple[MinerView, int]]] = {}
     held_off = list(census.held_off)
     for (model_id, kind, priority, was_on, target), members in census.base.items():
         if not was_on and not limits.raise_allowed:
@@ -364,20 +370,32 @@ def _group(census: _Census, limits: _Limits) -> _Grouping:
         if kind == "free" and was_on and limits.absorbing_dip:
             kind = "kept_on"  # shed only if throttling everyone cannot cover the dip
         key = (model_id, kind, priority, was_on, cap)
+        tagged = [(v, target if was_on else 0) for v in members]
         if key in merged:
-            merged[key] = sorted(merged[key] + members, key=_MINER_ID)
+            merged[key] = sorted(merged[key] + tagged, key=lambda vt: vt[0].miner_id)
         else:
-            merged[key] = members
-    grouping = _Grouping([], [], held_off)
-    for (model_id, kind, priority, was_on, cap), members in merged.items():
+            merged[key] = tagged
+    grouping = _Grouping([], [], [], [], held_off)
+    for (model_id, kind, priority, was_on, cap), tagged in merged.items():
         forced = kind != "free"
         ladder = ladders.get((model_id, cap, forced))
         if ladder is None:
             ladder = ladders[(model_id, cap, forced)] = _ladder(
                 census.infos[model_id].model, cap, forced
             )
-        grouping.groups.append(Group(ladder, kind, priority, was_on, len(members)))
-        grouping.members.append(members)
+        level_of = {t: level for level, t in enumerate(ladder.targets_watts, start=1)}
+        grouping.groups.append(Group(ladder, kind, priority, was_on, len(tagged)))
+        grouping.members.append([v for v, _ in tagged])
+        grouping.current.append(
+            [level_of.get(t, ladder.top_level) if t else 0 for _, t in tagged]
+        )
+        info = census.infos[model_id]
+        grouping.resume.append(
+            [
+                0 if t or v.power_limit_watts is None else level_of.get(info.snap(v.power_limit_watts), 0)
+                for v, t in tagged
+            ]
+        )
     return grouping
 
 
@@ -395,8 +413,40 @@ def _solve(grouping: _Grouping, limits: _Limits) -> None:
     leftover = water_fill(groups, spare, limits.wake_margin_watts)
     leftover = improve_locally(groups, leftover)
     free_count = sum(g.size for g in groups if g.kind != "pinned")
-    if 0 < free_count <= EXACT_MAX_MINERS:
+    exact = 0 < free_count <= EXACT_MAX_MINERS
+    if exact:
         _solve_exactly(grouping, limits)
+    _assign(grouping, limits, sticky=not exact)
+
+
+def _assign(grouping: _Grouping, limits: _Limits, sticky: bool) -> None:
+    """Give each member its level, moving as few as possible; counts follow the result.
+
+    ``sticky``: members may keep a level near the solver's (policy_fill.assign_sticky);
+    otherwise (a fleet small enough for the exact search) the solver's counts stand.
+    """
+    groups = grouping.groups
+    # room the solver left unused: sticky members may take it, never more
+    left_watts = limits.limit_watts - limits.floor_watts - math.fsum(
+        n * (g.ladder.costs_watts[level] - g.ladder.costs_watts[0])
+        for g in groups
+        for level, n in enumerate(g.counts)
+    )
+    grouping.levels = []
+    for g, current, resume in zip(groups, grouping.current, grouping.resume, strict=True):
+        costs = g.ladder.costs_watts
+        if not sticky:
+            grouping.levels.append(assign_counts(g.counts, current))
+            continue
+        solver_watts = math.fsum(n * costs[level] for level, n in enumerate(g.counts) if level)
+        room_watts = solver_watts + max(left_watts, 0.0)
+        levels = assign_sticky(g.counts, g.ladder, current, room_watts, resume_levels=resume)
+        counts = [0] * len(g.counts)
+        for level in levels:
+            counts[level] += 1
+        left_watts += solver_watts - math.fsum(n * costs[level] for level, n in enumerate(counts) if level)
+        g.counts = counts
+        grouping.levels.append(levels)
 
 
 def _solve_exactly(grouping: _Grouping, limits: _Limits) -> None:
@@ -486,19 +536,16 @@ def _sleep_reason(
 
 
 def _member_plans(grouping: _Grouping, limits: _Limits) -> list[MinerPlan]:
-    """One MinerPlan per member; within a group the highest levels go to the lowest ids."""
+    """One MinerPlan per member, at the level the sticky assignment gave it."""
     out: list[MinerPlan] = []
     why = _throttle_why(limits)
     blocked = _free_priorities(grouping)
-    for g, members in zip(grouping.groups, grouping.members, strict=True):
+    for g, members, levels in zip(grouping.groups, grouping.members, grouping.levels, strict=True):
         ladder = g.ladder
-        start = 0
-        for level in range(len(g.counts) - 1, -1, -1):
-            n = g.counts[level]
-            if n == 0:
-                continue
-            run = members[start : start + n]
-            start += n
+        by_level: dict[int, list[MinerView]] = {}
+        for v, level in zip(members, levels, strict=True):
+            by_level.setdefault(level, []).append(v)
+        for level, run in sorted(by_level.items(), reverse=True):
             if level == 0:
                 out += _sleep_plans(run, g, blocked, limits)
                 continue

@@ -203,6 +203,154 @@ def _store_counts(fill: _Fill) -> None:
         g.counts = counts
 
 
+# ------------------------------------------------------------ sticky assignment
+
+
+# A member keeps its target while it sits where the hash curve is nearly as steep
+# as at the solver's levels: each step's TH per W within this fraction of theirs.
+# Then a budget move is met by a few members moving several levels instead of many
+# moving one (commands, not watts, limit how fast a large fleet follows a noisy
+# grant), at a small TH/s cost: the curve is nearly straight over the band.
+# Narrower bands are tried in turn when a wider one costs more than STICKY_MAX_LOSS
+# of the group's TH/s; the last (-1) keeps members within the solver's own levels.
+STICKY_SLOPE_TOLERANCES = (0.2, 0.1, 0.05, 0.02, -1.0)
+STICKY_MAX_LOSS = 0.006
+
+
+def assign_sticky(
+    counts: Sequence[int], ladder: Ladder, current: Sequence[int], room_watts: float,
+    tolerances: Sequence[float] | None = None, resume_levels: Sequence[int] | None = None,
+) -> list[int]:
+    """Each member's level (same order as ``current``, 0 = asleep): as many members as
+    possible keep their current level, and the fewest move to fit ``room_watts``.
+
+    The result sleeps exactly ``counts[0]`` members (the solver's switching decision
+    stands), keeps every running member in a band around the solver's running
+    levels where the curve's slope is within a tolerance of theirs, and draws at
+    most ``room_watts`` (the solver's running watts plus any room it left). Members
+    that must change anyway (woken, or outside the band) absorb the difference
+    first, so they cost no extra command. The widest band that loses at most
+    STICKY_MAX_LOSS of the solver's TH/s is used; if none does, the solver's counts.
+    ``tolerances``: the bands to try (default STICKY_SLOPE_TOLERANCES; empty: none).
+    ``resume_levels``: per member, the level a sleeper's firmware still holds (0:
+    unknown); a woken member kept there needs no power-limit command before resuming.
+    """
+    values = ladder.values_ths
+    solver_ths = math.fsum(n * values[level] for level, n in enumerate(counts))
+    # where each member sits now, or would resume without a power-limit command
+    anchors = list(current) if resume_levels is None else [
+        now or resume for now, resume in zip(current, resume_levels, strict=True)
+    ]
+    for tolerance in STICKY_SLOPE_TOLERANCES if tolerances is None else tolerances:
+        levels = _sticky_levels(counts, ladder, current, anchors, room_watts, tolerance)
+        if math.fsum(values[level] for level in levels) >= solver_ths * (1 - STICKY_MAX_LOSS):
+            return levels
+    return assign_counts(counts, current)
+
+
+def _sticky_levels(
+    counts: Sequence[int], ladder: Ladder, current: Sequence[int], anchors: Sequence[int],
+    room_watts: float, tolerance: float,
+) -> list[int]:
+    top_level = ladder.top_level
+    running = [level for level in range(1, top_level + 1) if counts[level] > 0]
+    if not running:
+        return [0] * len(current)
+    low, high = running[0], running[-1]
+    bottom, top = _band(ladder, low, high, tolerance)
+    costs = ladder.costs_watts
+    # sleepers: those already asleep, then the highest indices (the id rule)
+    order = sorted(range(len(current)), key=lambda i: (current[i] != 0, -i))
+    sleeping = set(order[: counts[0]])
+    levels = [0] * len(current)
+    changed: list[int] = []  # moving anyway: adjusting them costs no extra command
+    kept: list[int] = []
+    for i, anchor in enumerate(anchors):
+        if i in sleeping:
+            continue
+        levels[i] = min(max(anchor, bottom), top) if anchor > 0 else low
+        (kept if levels[i] == anchor else changed).append(i)
+    total = math.fsum(costs[level] for level in levels if level > 0)
+    if total > room_watts + _EPS_WATTS:
+        total = _lower(levels, costs, changed, low, total, room_watts)
+        total = _lower(levels, costs, changed, bottom, total, room_watts)
+        total = _lower(levels, costs, kept, bottom, total, room_watts)
+        changed += [i for i in kept if levels[i] != anchors[i]]
+    # a coarse last cut can free more than needed: moved members take it back
+    total = _lift(levels, costs, changed, high, total, room_watts)
+    total = _lift(levels, costs, changed, top, total, room_watts)
+    _lift(levels, costs, [i for i in kept if levels[i] == anchors[i]], top, total, room_watts)
+    return levels
+
+
+def assign_counts(counts: Sequence[int], current: Sequence[int]) -> list[int]:
+    """Levels matching ``counts`` exactly, with as many members as possible kept where they are."""
+    left = list(counts)
+    levels = [-1] * len(current)
+    for i, now in enumerate(current):
+        if left[now] > 0:
+            left[now] -= 1
+            levels[i] = now
+    # the rest, highest current level to the highest open level (lowest index first)
+    movers = sorted((i for i in range(len(current)) if levels[i] < 0), key=lambda i: (-current[i], i))
+    open_levels = [level for level in range(len(left) - 1, -1, -1) for _ in range(left[level])]
+    for i, level in zip(movers, open_levels, strict=True):
+        levels[i] = level
+    return levels
+
+
+def _band(ladder: Ladder, low: int, high: int, tolerance: float) -> tuple[int, int]:
+    """Levels around [low, high] whose steps' TH per W stays within ``tolerance`` of theirs."""
+    costs, values = ladder.costs_watts, ladder.values_ths
+    top_level = ladder.top_level
+    if high > low:
+        slope = _slope(costs, values, low, high)
+    elif high < top_level:
+        slope = _slope(costs, values, high, high + 1)
+    else:
+        slope = _slope(costs, values, low - 1, low) if low > 1 else math.inf
+    bottom, top = low, high
+    while bottom > 1 and _slope(costs, values, bottom - 1, bottom) <= slope * (1 + tolerance):
+        bottom -= 1
+    while top < top_level and _slope(costs, values, top, top + 1) >= slope * (1 - tolerance):
+        top += 1
+    return bottom, top
+
+
+def _lower(levels: list[int], costs: Sequence[float], members: list[int], floor: int,
+           total: float, room: float) -> float:
+    """Move members down towards ``floor``, highest first, until ``total`` fits ``room``."""
+    for i in sorted(members, key=lambda i: (-levels[i], i)):
+        if total <= room + _EPS_WATTS:
+            break
+        level = levels[i]
+        if level <= floor:
+            continue
+        to = floor  # the highest level that fits, else the floor
+        for candidate in range(level - 1, floor, -1):
+            if total - costs[level] + costs[candidate] <= room + _EPS_WATTS:
+                to = candidate
+                break
+        total += costs[to] - costs[level]
+        levels[i] = to
+    return total
+
+
+def _lift(levels: list[int], costs: Sequence[float], members: list[int], ceiling: int,
+          total: float, room: float) -> float:
+    """Move members up towards ``ceiling``, lowest first, while a step still fits ``room``."""
+    for i in sorted(members, key=lambda i: (levels[i], i)):
+        level = levels[i]
+        to = level
+        for candidate in range(level + 1, ceiling + 1):
+            if total - costs[level] + costs[candidate] > room + _EPS_WATTS:
+                break
+            to = candidate
+        total += costs[to] - costs[level]
+        levels[i] = to
+    return total
+
+
 # ------------------------------------------------------------ local repair
 
 

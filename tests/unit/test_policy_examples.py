@@ -64,7 +64,9 @@ def test_power_is_spread_across_throttled_miners_before_any_sleeps() -> None:
     fl = fleet(*(miner(f"m{i}") for i in range(4)))
     p = run(fl, 10.2)
     assert all(m.action == "run" for m in p.miners)
-    assert sorted(t or 0 for t in targets(p).values()) == [2500, 2500, 2600, 2600]
+    # where S21's curve is straight (2500-2700 W) how the watts split costs no TH/s
+    assert all(2500 <= (t or 0) <= 2700 for t in targets(p).values())
+    assert sum(t or 0 for t in targets(p).values()) == 10_200
     assert p.planned_watts <= 10_200
     assert "throttled to 2500 W: budget shared" in {m.reason for m in p.miners}
 

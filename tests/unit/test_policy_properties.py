@@ -6,10 +6,12 @@ import itertools
 import math
 import random
 from dataclasses import replace
+from unittest.mock import patch
 
 from hypothesis import assume, given, note
 from hypothesis import strategies as st
 
+from controller import policy_fill
 from controller.config import HashgovConfig
 from controller.fleet import FleetState
 from controller.policy import Plan, plan
@@ -166,12 +168,14 @@ def test_large_fleets_within_one_step_of_the_concave_upper_bound(
 def test_no_one_step_power_move_between_running_miners_gains(
     fleet: FleetState, budget_share: float
 ) -> None:
+    # the solver's own optimality: sticky bands off (they trade a little, next test)
     config = bench_config()
     floor = floor_watts(fleet)
     budget = floor + budget_share * sum(
         v.model.max_target_watts for v in fleet.miners if is_controllable(v)
     )
-    result = plan(fleet, budget, config, NOW_SECONDS)
+    with patch.object(policy_fill, "STICKY_SLOPE_TOLERANCES", ()):
+        result = plan(fleet, budget, config, NOW_SECONDS)
     if budget < floor:
         return
     by_id = {v.miner_id: v for v in fleet.miners}
@@ -202,6 +206,36 @@ def test_no_one_step_power_move_between_running_miners_gains(
                 t_targets[t_index + 1]
             ) - taker.model.hashrate_ths_at(t_target)
             assert gained - lost <= tolerance, (donor.miner_id, taker.miner_id, gained, lost)
+
+
+@given(
+    fleets(min_miners=2, max_miners=40, history=False),
+    st.floats(0.0, 1.1),
+)
+def test_sticky_levels_keep_the_solvers_decisions_and_nearly_its_hashrate(
+    fleet: FleetState, budget_share: float
+) -> None:
+    # Members keep a level near the solver's to save commands: the same miners run,
+    # the budget still holds, and no group gives up more than STICKY_MAX_LOSS.
+    config = bench_config()
+    floor = floor_watts(fleet)
+    budget = floor + budget_share * sum(
+        v.model.max_target_watts for v in fleet.miners if is_controllable(v)
+    )
+    sticky = plan(fleet, budget, config, NOW_SECONDS)
+    with patch.object(policy_fill, "STICKY_SLOPE_TOLERANCES", ()):
+        solver = plan(fleet, budget, config, NOW_SECONDS)
+    note(f"sticky {sticky.planned_ths:.3f} TH/s, solver {solver.planned_ths:.3f} TH/s")
+    if budget >= floor:
+        assert sticky.planned_watts <= budget + EPS_WATTS
+    assert sticky.planned_ths >= solver.planned_ths * (1 - policy_fill.STICKY_MAX_LOSS) - 1e-9
+    assert _running_models(fleet, sticky) == _running_models(fleet, solver)
+
+
+def _running_models(fleet: FleetState, result: Plan) -> list[str]:
+    running = {m.miner_id for m in result.running()}
+    return sorted(v.model.model for v in fleet.miners if v.miner_id in running)
+
 
 
 # ------------------------------------------------------------------ rules
