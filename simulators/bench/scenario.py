@@ -19,14 +19,15 @@ import typer
 
 from controller.catalog import find_model
 from simulators.bench.scenario_figures import figures, goals
-from simulators.bench.scenario_oracle import Oracle
-from simulators.bench.scenario_runner import RunResult, run_site
+from simulators.bench.scenario_oracle import Oracle, noise_blind
+from simulators.bench.scenario_runner import RunResult, grant_watts, run_site
 from simulators.bench.scenario_spec import (
     BUILTIN_SCENARIOS,
     Scenario,
     ScenarioError,
     build_profile,
     load_scenario,
+    without_noise,
 )
 from simulators.miners.fleet import make_specs
 
@@ -61,7 +62,12 @@ async def run_scenario(
         naive = await run_site(sc, profile, naive_specs, workdir / "naive", "naive", _progress)
     oracle = Oracle(models)
     oracle_ths_s = oracle.hashes_ths_s(zip(run.t, run.budget, strict=True))
-    figs = figures(run, oracle_ths_s, naive, sc.timing.control_period_s)
+    calm, sigma_kw = without_noise(profile)
+    cap_watts = nameplate_kw * sc.grant_cap_frac * 1000.0
+    blind = noise_blind(
+        oracle, run.t, run.budget, [grant_watts(calm, t, cap_watts) for t in run.t], sigma_kw * 1000.0
+    )
+    figs = figures(run, oracle_ths_s, naive, sc.timing.control_period_s, blind)
     figs["goals"] = goals(figs)
     return {"scenario": sc.name, **figs}, run, naive
 

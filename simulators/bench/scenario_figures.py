@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from simulators.bench.scenario_faults import recover_s
+from simulators.bench.scenario_oracle import BlindFigures
 from simulators.bench.scenario_runner import Drop, RunResult
 from simulators.miners.physics import DEFAULT_SLEEP_TAU_SECONDS
 from simulators.truth import TruthMeter
@@ -133,7 +134,7 @@ def _r(value: float | None, digits: int = 3) -> float | None:
 
 
 def figures(run: RunResult, oracle_ths_s: float | None, naive: RunResult | None,
-            control_period_real_s: float) -> dict[str, Any]:
+            control_period_real_s: float, blind: BlindFigures | None = None) -> dict[str, Any]:
     k = run.time_scale
     meter = truth_meter(run)
     events = shed_events(run)
@@ -150,6 +151,13 @@ def figures(run: RunResult, oracle_ths_s: float | None, naive: RunResult | None,
         "real_seconds": _r(run.sim_seconds / k, 1),
         "utilization": _r(meter.utilization, 4),
         "oracle_ratio": _r(meter.hashes_ths_s / oracle_ths_s, 4) if oracle_ths_s else None,
+        # the oracle without foresight of the noise (scenario_oracle.noise_blind): where
+        # noise changes faster than a controller can react, what the best one could do
+        "noise_blind_ratio": (
+            _r(meter.hashes_ths_s / blind.hashes_ths_s, 4)
+            if blind is not None and blind.hashes_ths_s > 0 else None
+        ),
+        "noise_blind_utilization": _r(blind.utilization, 4) if blind is not None else None,
         "baseline_ratio": (
             _r(meter.hashes_ths_s / naive_meter.hashes_ths_s, 4)
             if naive_meter is not None and naive_meter.hashes_ths_s > 0 else None

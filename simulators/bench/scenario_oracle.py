@@ -15,6 +15,7 @@ is expected.
 
 from __future__ import annotations
 
+import math
 from bisect import bisect_right
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -78,3 +79,56 @@ class Oracle:
                 total += self.ths_at(last[1]) * max(0.0, t - last[0])
             last = (t, budget)
         return total
+
+
+# The noise-blind reference picks its draw from this many standard deviations
+# below the expected grant (0 to 4 in steps of 0.05): fine enough that the best
+# point on the grid is within 0.1 % of the true optimum for Gaussian noise.
+BLIND_K_GRID = tuple(i * 0.05 for i in range(81))
+
+
+@dataclass(frozen=True, slots=True)
+class BlindFigures:
+    hashes_ths_s: float  # mined while its draw <= the true grant
+    utilization: float  # ∫ min(draw, grant) / ∫ grant
+
+
+def noise_blind(
+    oracle: Oracle,
+    t: Sequence[float],
+    grants_watts: Sequence[float],
+    expected_watts: Sequence[float],
+    sigma_watts: float,
+) -> BlindFigures:
+    """The oracle without foresight of the noise: what the best controller could mine
+    that knows the profile (levels, ramps, trips) but sees each noise sample too late.
+
+    At every sample it plans the oracle's fill for the draw D that maximises
+    TH/s(D) × P(grant ≥ D), the grant being Gaussian around the expected grant with
+    ``sigma_watts``; then, like everyone, mines nothing counted while D > the true
+    grant. With no noise (sigma 0) it is the oracle. Left Riemann sums, as above.
+    """
+    hashes = used = granted = 0.0
+    for i in range(len(t) - 1):
+        dt = max(0.0, t[i + 1] - t[i])
+        grant, expected = grants_watts[i], expected_watts[i]
+        draw, ths = _blind_choice(oracle, expected, sigma_watts)
+        if draw <= grant:
+            hashes += ths * dt
+        used += min(draw, grant) * dt
+        granted += grant * dt
+    return BlindFigures(hashes, used / granted if granted > 0 else 0.0)
+
+
+def _blind_choice(oracle: Oracle, expected_watts: float, sigma_watts: float) -> tuple[float, float]:
+    if sigma_watts <= 0:
+        return oracle.planned_watts_at(expected_watts), oracle.ths_at(expected_watts)
+    best = (oracle.planned_watts_at(0.0), 0.0, 0.0)  # (draw, TH/s, expected TH/s)
+    for k in BLIND_K_GRID:
+        budget = expected_watts - k * sigma_watts
+        draw = oracle.planned_watts_at(budget)
+        ths = oracle.ths_at(budget)
+        p_within = 0.5 * math.erfc((draw - expected_watts) / (sigma_watts * math.sqrt(2.0)))
+        if ths * p_within > best[2]:
+            best = (draw, ths, ths * p_within)
+    return best[0], best[1]

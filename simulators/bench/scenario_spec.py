@@ -7,6 +7,7 @@ scenario works for any fleet size). See docs/benchmarks.md for the format.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import random
 import tomllib
@@ -142,6 +143,16 @@ class DailyProfile:
 
     def value_at(self, t_seconds: float) -> PlantSample:
         return _sample(self.surplus_kw_at(t_seconds), 1_000.0, self.other_load_kw)
+
+
+def without_noise(profile: Profile) -> tuple[Profile, float]:
+    """The profile with its noise taken out, and the noise's standard deviation (kW).
+
+    For the noise-blind reference (scenario_oracle.noise_blind); only the daily
+    profile has noise, every other comes back unchanged with 0."""
+    if isinstance(profile, DailyProfile):
+        return dataclasses.replace(profile, noise_kw=0.0), profile.noise_kw
+    return profile, 0.0
 
 
 def _kw(params: dict[str, Any], key: str, nameplate_kw: float, default: float | None = None) -> float:

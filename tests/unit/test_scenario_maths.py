@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import math
+import random
 
 import pytest
 
 from controller.catalog import find_model
 from simulators.bench.scenario_figures import goals, percentile, shed_events, shed_floor_s
 from simulators.bench.scenario_naive import naive_count
-from simulators.bench.scenario_oracle import Oracle
+from simulators.bench.scenario_oracle import Oracle, noise_blind
 from simulators.bench.scenario_runner import Drop, RunResult
 from simulators.bench.scenario_spec import BUILTIN_SCENARIOS, build_profile, load_scenario
 from simulators.truth import TruthMeter
@@ -75,6 +76,30 @@ def test_oracle_hashes_integrates_series() -> None:
     oracle = Oracle([model])
     series = [(0.0, 5000.0), (10.0, 0.0), (20.0, 0.0)]
     assert oracle.hashes_ths_s(series) == pytest.approx(10 * model.hashrate_ths_at(3000.0))
+
+
+def test_noise_blind_reference_is_the_oracle_without_noise() -> None:
+    oracle = Oracle([find_model("Antminer S19j Pro", "braiins")] * 100)
+    t = [float(i) for i in range(11)]
+    grants = [200_000.0] * 11
+    blind = noise_blind(oracle, t, grants, grants, 0.0)
+    assert blind.hashes_ths_s == pytest.approx(oracle.hashes_ths_s(zip(t, grants, strict=True)))
+
+
+def test_noise_blind_reference_keeps_below_noise_it_cannot_see() -> None:
+    # grant = 200 kW ± 3 kW noise; it plans ~2 sigma below 200 kW and so mines in
+    # every sample but the deepest dip, where it mines nothing; never above the oracle
+    models = [find_model("Antminer S19j Pro", "braiins")] * 100
+    oracle = Oracle(models)
+    rng = random.Random(3)
+    t = [float(i) for i in range(2001)]
+    grants = [200_000.0 + rng.gauss(0.0, 3_000.0) for _ in t]
+    blind = noise_blind(oracle, t, grants, [200_000.0] * len(t), 3_000.0)
+    foresight = oracle.hashes_ths_s(zip(t, grants, strict=True))
+    assert 0.9 * foresight < blind.hashes_ths_s < foresight
+    assert 0.95 < blind.utilization < 0.995
+    chasing = noise_blind(oracle, t, grants, [200_000.0] * len(t), 1e-3)  # plans at the mean
+    assert chasing.hashes_ths_s < 0.6 * blind.hashes_ths_s  # over the grant half the time
 
 
 def test_shed_floor() -> None:
