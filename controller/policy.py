@@ -361,6 +361,7 @@ def _group(census: _Census, limits: _Limits) -> _Grouping:
     """
     ladders: dict[tuple[int, int, bool], Ladder] = {}
     merged: dict[tuple[int, Kind, int, bool, int], list[tuple[MinerView, int]]] = {}
+    resort: set[tuple[int, Kind, int, bool, int]] = set()  # merged from several: by id again
     held_off = list(census.held_off)
     for (model_id, kind, priority, was_on, target), members in census.base.items():
         if not was_on and not limits.raise_allowed:
@@ -372,9 +373,12 @@ def _group(census: _Census, limits: _Limits) -> _Grouping:
         key = (model_id, kind, priority, was_on, cap)
         tagged = [(v, target if was_on else 0) for v in members]
         if key in merged:
-            merged[key] = sorted(merged[key] + tagged, key=lambda vt: vt[0].miner_id)
+            merged[key] += tagged
+            resort.add(key)
         else:
             merged[key] = tagged
+    for key in resort:
+        merged[key].sort(key=_tagged_id)
     grouping = _Grouping([], [], [], [], held_off)
     for (model_id, kind, priority, was_on, cap), tagged in merged.items():
         forced = kind != "free"
@@ -397,6 +401,10 @@ def _group(census: _Census, limits: _Limits) -> _Grouping:
             ]
         )
     return grouping
+
+
+def _tagged_id(tagged: tuple[MinerView, int]) -> str:
+    return tagged[0].miner_id
 
 
 def _ladder(model: ModelConfig, cap_watts: int, forced: bool) -> Ladder:

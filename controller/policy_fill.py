@@ -9,6 +9,7 @@ targets, ascending.
 from __future__ import annotations
 
 import heapq
+import itertools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -259,9 +260,7 @@ def _sticky_levels(
     low, high = running[0], running[-1]
     bottom, top = _band(ladder, low, high, tolerance)
     costs = ladder.costs_watts
-    # sleepers: those already asleep, then the highest indices (the id rule)
-    order = sorted(range(len(current)), key=lambda i: (current[i] != 0, -i))
-    sleeping = set(order[: counts[0]])
+    sleeping = _sleepers(current, counts[0])
     levels = [0] * len(current)
     changed: list[int] = []  # moving anyway: adjusting them costs no extra command
     kept: list[int] = []
@@ -277,10 +276,24 @@ def _sticky_levels(
         total = _lower(levels, costs, kept, bottom, total, room_watts)
         changed += [i for i in kept if levels[i] != anchors[i]]
     # a coarse last cut can free more than needed: moved members take it back
-    total = _lift(levels, costs, changed, high, total, room_watts)
-    total = _lift(levels, costs, changed, top, total, room_watts)
-    _lift(levels, costs, [i for i in kept if levels[i] == anchors[i]], top, total, room_watts)
+    step = min(b - a for a, b in itertools.pairwise(costs[bottom : top + 1])) if top > bottom else 0.0
+    if top > bottom and room_watts - total >= step - _EPS_WATTS:
+        total = _lift(levels, costs, changed, high, total, room_watts)
+        total = _lift(levels, costs, changed, top, total, room_watts)
+        if room_watts - total >= step - _EPS_WATTS:
+            _lift(levels, costs, [i for i in kept if levels[i] == anchors[i]], top, total, room_watts)
     return levels
+
+
+def _sleepers(current: Sequence[int], count: int) -> set[int]:
+    """Which members sleep: those already asleep, then the highest indices (the id rule)."""
+    if count == 0:
+        return set()
+    asleep = [i for i, now in enumerate(current) if now == 0]
+    if len(asleep) >= count:
+        return set(asleep[len(asleep) - count :]) if len(asleep) > count else set(asleep)
+    awake = [i for i, now in enumerate(current) if now != 0]
+    return set(asleep) | set(awake[len(awake) - (count - len(asleep)) :])
 
 
 def assign_counts(counts: Sequence[int], current: Sequence[int]) -> list[int]:
