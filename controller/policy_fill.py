@@ -455,7 +455,9 @@ def solve_exact(
                     break
                 wakes_now = level > 0 and not m.was_on
                 key_blocked = blocked
-                if level == 0 and m.free and blocked is None:
+                if level == 0 and m.free and (blocked is None or m.priority > blocked):
+                    # a sleeping free miner holds back every lower priority, even where
+                    # a shed pin or min-on miner already held back a lower one still
                     key_blocked = m.priority
                 key = (key_blocked, woke or wakes_now)
                 limit = wake_room_watts if key[1] else room_watts

@@ -94,6 +94,20 @@ def test_lower_priority_waits_while_a_higher_one_sleeps() -> None:
     assert p.by_id()["mid"].reason == "sleep: priority 1 waits for higher-priority miners"
 
 
+def test_a_shed_pin_does_not_let_a_lower_priority_overtake_a_higher_one() -> None:
+    # The pin (priority 0, S21, 1.8 kW) cannot run and "high" (priority 2, S21) cannot
+    # either; "low" (priority 1, S19j, 1.1 kW) would fit, but a higher priority sleeps
+    # for budget, so it waits. (The exact search once took the pin's lower block as
+    # the only one and ran "low".)
+    fl = fleet(
+        miner("pin", S21, on=False, pinned=True),
+        miner("high", S21, on=False, priority=2),
+        miner("low", S19J_LUX, on=False, priority=1),
+    )
+    p = run(fl, 1.5)
+    assert [m.action for m in p.miners] == ["sleep", "sleep", "sleep"]
+
+
 def test_pinned_miner_keeps_full_power_while_the_budget_allows() -> None:
     p = run(fleet(miner("pin", S19J_LUX, pinned=True), miner("free", S21)), 5.0)
     assert p.by_id()["pin"].target_watts == 3050
