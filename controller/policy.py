@@ -352,40 +352,54 @@ class _Grouping:
     levels: list[list[int]] = field(default_factory=list)  # per group, each member's level
 
 
+# model id, kind, priority, was_on, cap, wake target (0: wake at the lowest target)
+_GroupKey = tuple[int, Kind, int, bool, int, int]
+
+
 def _group(census: _Census, limits: _Limits) -> _Grouping:
     """Merge the census's base groups into solver groups.
 
     With raising allowed every miner of a model may go to full power, so groups
     ignore the current target; while holding, each miner's cap is its current
-    target and sleepers stay asleep.
+    target and sleepers stay asleep. While the ramp holds the plan back (after a
+    trip, at start-up), free sleepers are grouped by the limit their firmware
+    still holds and wake straight to it: one command (resume) per miner instead
+    of a target, a resume and later raises, so the fleet is back sooner.
     """
-    ladders: dict[tuple[int, int, bool], Ladder] = {}
-    merged: dict[tuple[int, Kind, int, bool, int], list[tuple[MinerView, int]]] = {}
-    resort: set[tuple[int, Kind, int, bool, int]] = set()  # merged from several: by id again
+    ladders: dict[tuple[int, int, bool, int], Ladder] = {}
+    merged: dict[_GroupKey, list[tuple[MinerView, int]]] = {}
+    resort: set[_GroupKey] = set()  # merged from several: by id again
     held_off = list(census.held_off)
     for (model_id, kind, priority, was_on, target), members in census.base.items():
         if not was_on and not limits.raise_allowed:
             held_off.extend(members)
             continue
-        cap = census.infos[model_id].max_target_watts if limits.raise_allowed else target
+        info = census.infos[model_id]
+        cap = info.max_target_watts if limits.raise_allowed else target
         if kind == "free" and was_on and limits.absorbing_dip:
             kind = "kept_on"  # shed only if throttling everyone cannot cover the dip
-        key = (model_id, kind, priority, was_on, cap)
-        tagged = [(v, target if was_on else 0) for v in members]
-        if key in merged:
-            merged[key] += tagged
-            resort.add(key)
-        else:
-            merged[key] = tagged
+        buckets: dict[int, list[tuple[MinerView, int]]] = {}
+        for v in members:
+            wake = 0
+            if limits.ramp_binding and not was_on and kind == "free" and v.power_limit_watts is not None:
+                wake = min(info.snap(v.power_limit_watts), cap)
+            buckets.setdefault(wake, []).append((v, target if was_on else 0))
+        for wake, tagged in buckets.items():
+            key = (model_id, kind, priority, was_on, cap, wake)
+            if key in merged:
+                merged[key] += tagged
+                resort.add(key)
+            else:
+                merged[key] = tagged
     for key in resort:
         merged[key].sort(key=_tagged_id)
     grouping = _Grouping([], [], [], [], held_off)
-    for (model_id, kind, priority, was_on, cap), tagged in merged.items():
+    for (model_id, kind, priority, was_on, cap, wake), tagged in merged.items():
         forced = kind != "free"
-        ladder = ladders.get((model_id, cap, forced))
+        ladder = ladders.get((model_id, cap, forced, wake))
         if ladder is None:
-            ladder = ladders[(model_id, cap, forced)] = _ladder(
-                census.infos[model_id].model, cap, forced
+            ladder = ladders[(model_id, cap, forced, wake)] = _ladder(
+                census.infos[model_id].model, cap, forced, wake
             )
         level_of = {t: level for level, t in enumerate(ladder.targets_watts, start=1)}
         grouping.groups.append(Group(ladder, kind, priority, was_on, len(tagged)))
@@ -407,10 +421,12 @@ def _tagged_id(tagged: tuple[MinerView, int]) -> str:
     return tagged[0].miner_id
 
 
-def _ladder(model: ModelConfig, cap_watts: int, forced: bool) -> Ladder:
+def _ladder(model: ModelConfig, cap_watts: int, forced: bool, wake_watts: int = 0) -> Ladder:
+    """``wake_watts``: a sleeper wakes straight to this target (0: the fill decides)."""
     targets = [t for t in model.targets_watts if t <= cap_watts] or [model.min_target_watts]
     ths = [model.hashrate_ths_at(t) for t in targets]
-    return build_ladder(targets, model.sleep_watts, ths, wake_to_min=forced)
+    wake_level = targets.index(wake_watts) + 1 if wake_watts in targets else 0
+    return build_ladder(targets, model.sleep_watts, ths, wake_to_min=forced, wake_level=wake_level)
 
 
 def _solve(grouping: _Grouping, limits: _Limits) -> None:

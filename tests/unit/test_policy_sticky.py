@@ -8,7 +8,7 @@ from unittest.mock import patch
 
 from controller import policy_fill
 from controller.actuator import commands_for
-from controller.catalog import builtin_models
+from controller.catalog import builtin_models, find_model
 from controller.fleet import FleetState, MinerStatus, MinerView
 from controller.policy import plan
 from controller.policy_fill import (
@@ -18,6 +18,7 @@ from controller.policy_fill import (
     assign_sticky,
     build_ladder,
 )
+from drivers.base import CommandKind
 from simulators.bench.policy_bench import bench_config
 from tests.unit.test_policy_support import apply_plan
 
@@ -170,3 +171,35 @@ def test_chasing_a_noisy_budget_sends_far_fewer_commands_for_nearly_the_same_has
         solver_commands, solver_ths = _chase_noise(60, seed=7)
     assert sticky_commands < 0.7 * solver_commands
     assert sticky_ths >= solver_ths * (1 - policy_fill.STICKY_MAX_LOSS)
+
+
+def _asleep_holding(count: int, held_watts: int) -> FleetState:
+    model = find_model("Antminer S19j Pro", "braiins")
+    return FleetState(0.0, tuple(
+        MinerView(f"m{i:03d}", model, MinerStatus.SLEEPING, float(model.sleep_watts), held_watts)
+        for i in range(count)
+    ))
+
+
+def test_while_the_ramp_binds_sleepers_wake_straight_to_the_limit_they_hold() -> None:
+    # after a trip: 40 asleep holding 2500 W, the ramp lets ~50 kW in; waking 20 at
+    # 2500 W is one command each (resume), where 45 at 1100 W would be two, and
+    # then raises again as the ramp goes on
+    fleet = _asleep_holding(40, 2500)
+    config = bench_config(ramp_up_kw_per_second=10.0)  # 50 kW a 5 s period
+    result = plan(fleet, 200_000.0, config, 10_000.0)
+    targets = [m.target_watts for m in result.running()]
+    assert len(targets) >= 15 and targets.count(2500) >= len(targets) - 2
+    steps = [step.kind for work in commands_for(result, fleet) for step in work.steps]
+    assert steps.count(CommandKind.RESUME) == len(targets)
+    # the fill's leftover (less than one more wake) may still raise one or two
+    assert steps.count(CommandKind.SET_POWER_LIMIT) <= 2
+
+
+def test_without_a_binding_ramp_sleepers_wake_where_the_fill_puts_them() -> None:
+    # the night: the budget, not the ramp, is short: as many as fit wake, at the lowest
+    # target (the best TH per W), whatever limit they hold
+    fleet = _asleep_holding(40, 2500)
+    result = plan(fleet, 30_000.0, bench_config(), 10_000.0)
+    targets = [m.target_watts for m in result.running()]
+    assert len(targets) >= 25 and targets.count(1100) >= len(targets) - 1
