@@ -295,7 +295,7 @@ def _sleepers(current: Sequence[int], count: int) -> set[int]:
         return set()
     asleep = [i for i, now in enumerate(current) if now == 0]
     if len(asleep) >= count:
-        return set(asleep[len(asleep) - count :]) if len(asleep) > count else set(asleep)
+        return set(asleep[len(asleep) - count :])
     awake = [i for i, now in enumerate(current) if now != 0]
     return set(asleep) | set(awake[len(awake) - (count - len(asleep)) :])
 

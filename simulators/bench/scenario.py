@@ -64,9 +64,9 @@ async def run_scenario(
     oracle_ths_s = oracle.hashes_ths_s(zip(run.t, run.budget, strict=True))
     calm, sigma_kw = without_noise(profile)
     cap_watts = nameplate_kw * sc.grant_cap_frac * 1000.0
-    blind = noise_blind(
-        oracle, run.t, run.budget, [grant_watts(calm, t, cap_watts) for t in run.t], sigma_kw * 1000.0
-    )
+    # no noise: the grant as published is what to expect (the oracle's own series)
+    expected = [grant_watts(calm, t, cap_watts) for t in run.t] if sigma_kw > 0 else run.budget
+    blind = noise_blind(oracle, run.t, run.budget, expected, sigma_kw * 1000.0)
     figs = figures(run, oracle_ths_s, naive, sc.timing.control_period_s, blind)
     figs["goals"] = goals(figs)
     return {"scenario": sc.name, **figs}, run, naive

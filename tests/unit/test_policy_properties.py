@@ -171,9 +171,7 @@ def test_no_one_step_power_move_between_running_miners_gains(
     # the solver's own optimality: sticky bands off (they trade a little, next test)
     config = bench_config()
     floor = floor_watts(fleet)
-    budget = floor + budget_share * sum(
-        v.model.max_target_watts for v in fleet.miners if is_controllable(v)
-    )
+    budget = _share_above_floor(fleet, budget_share)
     with patch.object(policy_fill, "STICKY_SLOPE_TOLERANCES", ()):
         result = plan(fleet, budget, config, NOW_SECONDS)
     if budget < floor:
@@ -219,9 +217,7 @@ def test_sticky_levels_keep_the_solvers_decisions_and_nearly_its_hashrate(
     # the budget still holds, and no group gives up more than STICKY_MAX_LOSS.
     config = bench_config()
     floor = floor_watts(fleet)
-    budget = floor + budget_share * sum(
-        v.model.max_target_watts for v in fleet.miners if is_controllable(v)
-    )
+    budget = _share_above_floor(fleet, budget_share)
     sticky = plan(fleet, budget, config, NOW_SECONDS)
     with patch.object(policy_fill, "STICKY_SLOPE_TOLERANCES", ()):
         solver = plan(fleet, budget, config, NOW_SECONDS)
@@ -230,6 +226,13 @@ def test_sticky_levels_keep_the_solvers_decisions_and_nearly_its_hashrate(
         assert sticky.planned_watts <= budget + EPS_WATTS
     assert sticky.planned_ths >= solver.planned_ths * (1 - policy_fill.STICKY_MAX_LOSS) - 1e-9
     assert _running_models(fleet, sticky) == _running_models(fleet, solver)
+
+
+def _share_above_floor(fleet: FleetState, share: float) -> float:
+    """The floor plus ``share`` of every controllable miner at full power."""
+    return floor_watts(fleet) + share * sum(
+        v.model.max_target_watts for v in fleet.miners if is_controllable(v)
+    )
 
 
 def _running_models(fleet: FleetState, result: Plan) -> list[str]:
