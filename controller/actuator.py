@@ -148,6 +148,7 @@ class Actuator:
         self._tasks: set[asyncio.Task[None]] = set()
         self.would_send: list[Command] = []  # shadow mode: the last plan's commands
         self._stops = Tally()  # stops queued or in flight (see commands_first)
+        self._sheds = Tally()  # stops and cuts queued or in flight (see shedding)
 
     def set_drivers(self, drivers: Mapping[str, MinerDriver]) -> None:
         self._drivers = drivers
@@ -155,6 +156,11 @@ class Actuator:
     @property
     def busy_miners(self) -> frozenset[str]:
         return frozenset(self._in_flight)
+
+    @property
+    def shedding(self) -> bool:
+        """A stop or a cut is queued or in flight: the draw is already on its way down."""
+        return self._sheds.count > 0
 
     async def stops_first(self) -> None:
         """Return once no stop is queued for a slot. Fleet reads wait for this: on a
@@ -226,6 +232,8 @@ class Actuator:
         stop = priority == PRIORITY_STOP
         if stop:
             self._stops.add(+1)
+        if work.sheds:
+            self._sheds.add(+1)
         try:
             async with self._slots.slot(priority):
                 for step in work.steps:
@@ -236,6 +244,8 @@ class Actuator:
         finally:
             if stop:
                 self._stops.add(-1)
+            if work.sheds:
+                self._sheds.add(-1)
             self._finished(work.miner_id)
 
     def _finished(self, miner_id: str) -> None:

@@ -259,3 +259,21 @@ async def test_a_newer_plan_takes_over_raises_still_waiting_for_older_sheds() ->
     await actuator.drain()
     assert log.count(("b", "resume")) == 1, "sent once, for the newer plan"
     assert actuator.busy_miners == frozenset()
+
+
+async def test_shedding_lasts_while_stops_or_cuts_are_queued_or_running() -> None:
+    """The control loop skips meter-driven rounds while this is true."""
+    log, gate, actuator = gated("abc")
+    fleet = mining("abc")
+    assert not actuator.shedding
+    actuator.submit(commands_for(plan_of(("a", "run", 2000), ("b", "sleep", None)), fleet))
+    await asyncio.sleep(0)
+    assert actuator.shedding  # one running, one queued for the single slot
+    gate.set()
+    await actuator.drain()
+    assert not actuator.shedding
+    assert sorted(m for m, _ in log) == ["a", "b"]
+    actuator.submit(commands_for(plan_of(("c", "run", 3500)), fleet))  # a raise is no shed
+    await asyncio.sleep(0)
+    assert not actuator.shedding
+    await actuator.drain()
