@@ -32,6 +32,11 @@ EX_CONFIG = 78  # sysexits.h: configuration error
 
 NonNegFloat = Annotated[float, Field(ge=0, allow_inf_nan=False)]
 PosFloat = Annotated[float, Field(gt=0, allow_inf_nan=False)]
+# A site's powers in kW: a terawatt is a typo, and ×1000 to watts must stay finite
+# (1.8e305 kW passed as a float and became an infinite grant cap in watts).
+MAX_SITE_KW = 1e9
+NonNegKw = Annotated[float, Field(ge=0, le=MAX_SITE_KW, allow_inf_nan=False)]
+PosKw = Annotated[float, Field(gt=0, le=MAX_SITE_KW, allow_inf_nan=False)]
 NonNegInt = Annotated[int, Field(ge=0)]
 PosInt = Annotated[int, Field(gt=0)]
 # one miner's power: no ASIC draws 100 kW; the bound also keeps target ranges finite
@@ -51,13 +56,13 @@ class _Strict(BaseModel):
 
 class SiteConfig(_Strict):
     name: str = "site"
-    grant_cap_kw: PosFloat
-    safety_margin_kw: NonNegFloat = 0.0
+    grant_cap_kw: PosKw
+    safety_margin_kw: NonNegKw = 0.0
     stale_after_seconds: PosFloat = 10.0
     grace_seconds: NonNegFloat = 5.0
-    fail_safe_budget_kw: NonNegFloat = 0.0
-    ramp_up_kw_per_second: PosFloat = 50.0
-    hysteresis_kw: NonNegFloat = 5.0
+    fail_safe_budget_kw: NonNegKw = 0.0
+    ramp_up_kw_per_second: PosKw = 50.0
+    hysteresis_kw: NonNegKw = 5.0
     min_on_seconds: NonNegFloat = 300.0
     min_off_seconds: NonNegFloat = 300.0
     control_period_seconds: PosFloat = 5.0
@@ -67,7 +72,7 @@ class SiteConfig(_Strict):
     mode: Literal["control", "shadow"] = "control"
     on_shutdown: Literal["leave", "sleep"] = "leave"
     state_dir: Path = Path("/var/lib/hashgov")
-    meter_gap_alert_kw: NonNegFloat = 50.0
+    meter_gap_alert_kw: NonNegKw = 50.0
     # a meter reading above the fleet model lowers the budget at once; the correction
     # then decays to zero over this long (s)
     meter_release_seconds: PosFloat = 60.0

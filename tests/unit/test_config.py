@@ -164,6 +164,16 @@ def test_fail_safe_above_cap_is_rejected() -> None:
     assert any("fail_safe_budget_kw" in p for p in problems_of(data))
 
 
+def test_an_absurd_grant_cap_is_named_not_turned_into_infinite_watts() -> None:
+    # found by the config fuzz: 1.8e305 kW is a finite float, but ×1000 is inf
+    data = example_data()
+    data["site"]["grant_cap_kw"] = 1.797693134862316e305
+    assert any("grant_cap_kw" in p for p in problems_of(data))
+    data["site"]["grant_cap_kw"] = 2_000.0
+    data["site"]["hysteresis_kw"] = 1e300
+    assert any("hysteresis_kw" in p for p in problems_of(data))
+
+
 def test_models_are_frozen() -> None:
     config = load_config(EXAMPLE)
     with pytest.raises(Exception):  # noqa: B017 - pydantic raises ValidationError on frozen set
