@@ -229,11 +229,13 @@ class Actuator:
 
     async def _run_miner(self, work: MinerCommands) -> None:
         priority = _priority(work)
-        stop = priority == PRIORITY_STOP
-        if stop:
-            self._stops.add(+1)
-        if work.sheds:
-            self._sheds.add(+1)
+        counted = [
+            tally
+            for tally, counts in ((self._stops, priority == PRIORITY_STOP), (self._sheds, work.sheds))
+            if counts
+        ]
+        for tally in counted:
+            tally.add(+1)
         try:
             async with self._slots.slot(priority):
                 for step in work.steps:
@@ -242,10 +244,8 @@ class Actuator:
                     if not result.ok and result.outcome is not CommandOutcome.UNVERIFIED:
                         break  # do not resume a miner whose target could not be set, etc.
         finally:
-            if stop:
-                self._stops.add(-1)
-            if work.sheds:
-                self._sheds.add(-1)
+            for tally in counted:
+                tally.add(-1)
             self._finished(work.miner_id)
 
     def _finished(self, miner_id: str) -> None:

@@ -425,8 +425,9 @@ def _ladder(model: ModelConfig, cap_watts: int, forced: bool, wake_watts: int = 
     """``wake_watts``: a sleeper wakes straight to this target (0: the fill decides)."""
     targets = [t for t in model.targets_watts if t <= cap_watts] or [model.min_target_watts]
     ths = [model.hashrate_ths_at(t) for t in targets]
-    wake_level = targets.index(wake_watts) + 1 if wake_watts in targets else 0
-    return build_ladder(targets, model.sleep_watts, ths, wake_to_min=forced, wake_level=wake_level)
+    # a held limit to resume at; else forced miners wake at their lowest target
+    wake_level = targets.index(wake_watts) + 1 if wake_watts in targets else int(forced)
+    return build_ladder(targets, model.sleep_watts, ths, wake_level)
 
 
 def _solve(grouping: _Grouping, limits: _Limits) -> None:

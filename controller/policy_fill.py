@@ -46,19 +46,17 @@ class Ladder:
 
 
 def build_ladder(
-    targets_watts: Sequence[int], sleep_watts: float, ths_at: Sequence[float],
-    wake_to_min: bool = False, wake_level: int = 0,
+    targets_watts: Sequence[int], sleep_watts: float, ths_at: Sequence[float], wake_level: int = 0
 ) -> Ladder:
-    """``wake_to_min``: the first step must end at the lowest target (a miner that has to
-    keep running, even where the envelope from sleep would skip past it).
-    ``wake_level`` (> 1): the first step ends at this level (a sleeper resumed at the
-    limit its firmware holds); lower levels stay on the ladder but off its hull."""
+    """``wake_level``: 0, the envelope from sleep decides the first step; n >= 1, the
+    first step ends at level n (1: a miner that has to keep running, even where the
+    envelope would skip past its lowest target; > 1: a sleeper resumed at the limit its
+    firmware holds). Levels below n stay on the ladder but off its hull."""
     costs = (float(sleep_watts), *(float(t) for t in targets_watts))
     values = (0.0, *ths_at)
-    first = max(wake_level, 1) if wake_to_min or wake_level > 1 else 0
-    if first:
-        above = _upper_hull(costs[first:], values[first:])
-        hull = (0, *(level + first for level in above))
+    if wake_level:
+        above = _upper_hull(costs[wake_level:], values[wake_level:])
+        hull = (0, *(level + wake_level for level in above))
     else:
         hull = _upper_hull(costs, values)
     return Ladder(tuple(targets_watts), costs, values, hull)

@@ -20,7 +20,7 @@ import typer
 from controller.catalog import find_model
 from simulators.bench.scenario_figures import figures, goals
 from simulators.bench.scenario_oracle import Oracle, noise_blind
-from simulators.bench.scenario_runner import RunResult, grant_watts, run_site
+from simulators.bench.scenario_runner import RunResult, grant_cap_kw, grant_watts, run_site
 from simulators.bench.scenario_spec import (
     BUILTIN_SCENARIOS,
     Scenario,
@@ -63,7 +63,7 @@ async def run_scenario(
     oracle = Oracle(models)
     oracle_ths_s = oracle.hashes_ths_s(zip(run.t, run.budget, strict=True))
     calm, sigma_kw = without_noise(profile)
-    cap_watts = nameplate_kw * sc.grant_cap_frac * 1000.0
+    cap_watts = grant_cap_kw(sc, nameplate_kw) * 1000.0
     # no noise: the grant as published is what to expect (the oracle's own series)
     expected = [grant_watts(calm, t, cap_watts) for t in run.t] if sigma_kw > 0 else run.budget
     blind = noise_blind(oracle, run.t, run.budget, expected, sigma_kw * 1000.0)

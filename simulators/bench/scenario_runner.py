@@ -100,6 +100,11 @@ class _Timeline:
         return ((time.monotonic() if mono is None else mono) - self.t0) * self.time_scale
 
 
+def grant_cap_kw(sc: Scenario, nameplate_kw: float) -> float:
+    """The contract cap the scenario's controller (and its references) work under."""
+    return round(nameplate_kw * sc.grant_cap_frac, 3)
+
+
 def grant_watts(profile: Profile, t_sim: float, cap_watts: float) -> float:
     """The plant's true grant: min(cap, surplus) − other loads (never below 0).
 
@@ -141,7 +146,7 @@ def write_config(
         broker_port=broker.port,
         broker_host=broker.host,
         state_dir=workdir / "state",
-        grant_cap_kw=round(nameplate_kw * sc.grant_cap_frac, 3),
+        grant_cap_kw=grant_cap_kw(sc, nameplate_kw),
         timing=scaled_timing(sc, nameplate_kw),
         safety_margin_kw=round(sc.timing.safety_margin_frac * nameplate_kw, 3),
         metrics_port=free_port(),  # fixed: a restarted controller serves the same port
