@@ -93,6 +93,30 @@ async def test_set_power_limit_reads_back_applied_watts(site: Site) -> None:
     assert (await driver.read_state()).power_limit_watts == expected
 
 
+async def test_luxos_limits_read_the_profiles_once_and_keep_atm(site: Site) -> None:
+    if site.firmware != "luxos":
+        pytest.skip("LuxOS profiles and ATM")
+    driver = site.drivers[0]
+    sim_miner = site.sim.miners[driver.address]
+    miner = await driver.pyasic_miner()
+    config_reads = 0
+    real_get_config = miner.get_config
+
+    async def counting_get_config() -> object:
+        nonlocal config_reads
+        config_reads += 1
+        return await real_get_config()
+
+    miner.get_config = counting_get_config
+    for watts, expected in ((2600, 2500), (1600, 1500), (3050, 3050)):
+        result = await driver.set_power_limit(watts)
+        assert result.outcome is CommandOutcome.OK, result.detail
+        assert result.applied_watts == expected == sim_miner.power_target_watts
+        # ATM is the operator's setting: off for the profileset only, then back on
+        assert (await miner.atm_enabled()) is True
+    assert config_reads == 1  # profile names asked once, not on every cut
+
+
 async def test_power_limit_below_range_is_rejected(site: Site) -> None:
     result = await site.drivers[0].set_power_limit(500)
     assert result.outcome is CommandOutcome.REJECTED
