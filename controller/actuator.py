@@ -46,6 +46,7 @@ class MinerCommands:
     steps: tuple[Command, ...]
     sheds: bool
     pending_watts: float | None = None  # the draw a raise may lead to while in flight
+    shed_watts: float = 0.0  # the draw a shed takes off once carried out (0 for a raise)
 
 
 def commands_for(plan: Plan, fleet: FleetState) -> list[MinerCommands]:
@@ -60,7 +61,8 @@ def commands_for(plan: Plan, fleet: FleetState) -> list[MinerCommands]:
         if steps:
             work = MinerCommands(mp.miner_id, steps, sheds=_sheds(view, mp.action, mp.target_watts))
             pending = pending_watts_of(work, view.model.max_target_watts)
-            out.append(MinerCommands(work.miner_id, steps, work.sheds, pending))
+            shed = max(0.0, view.assumed_watts - mp.planned_watts) if work.sheds else 0.0
+            out.append(MinerCommands(work.miner_id, steps, work.sheds, pending, shed))
     return out
 
 
@@ -148,7 +150,7 @@ class Actuator:
         self._tasks: set[asyncio.Task[None]] = set()
         self.would_send: list[Command] = []  # shadow mode: the last plan's commands
         self._stops = Tally()  # stops queued or in flight (see commands_first)
-        self._sheds = Tally()  # stops and cuts queued or in flight (see shedding)
+        self._stop_watts = 0.0  # the draw they take off once carried out
 
     def set_drivers(self, drivers: Mapping[str, MinerDriver]) -> None:
         self._drivers = drivers
@@ -158,9 +160,10 @@ class Actuator:
         return frozenset(self._in_flight)
 
     @property
-    def shedding(self) -> bool:
-        """A stop or a cut is queued or in flight: the draw is already on its way down."""
-        return self._sheds.count > 0
+    def stopping_watts(self) -> float:
+        """How far the stops queued or in flight take the draw down (see the meter
+        wake-up in controller/control.py)."""
+        return self._stop_watts if self._stops.count > 0 else 0.0
 
     async def stops_first(self) -> None:
         """Return once no stop is queued for a slot. Fleet reads wait for this: on a
@@ -229,13 +232,11 @@ class Actuator:
 
     async def _run_miner(self, work: MinerCommands) -> None:
         priority = _priority(work)
-        counted = [
-            tally
-            for tally, counts in ((self._stops, priority == PRIORITY_STOP), (self._sheds, work.sheds))
-            if counts
-        ]
-        for tally in counted:
-            tally.add(+1)
+        stops = priority == PRIORITY_STOP
+        stop_watts = work.shed_watts if stops else 0.0
+        if stops:
+            self._stops.add(+1)
+            self._stop_watts += stop_watts
         try:
             async with self._slots.slot(priority):
                 for step in work.steps:
@@ -244,8 +245,10 @@ class Actuator:
                     if not result.ok and result.outcome is not CommandOutcome.UNVERIFIED:
                         break  # do not resume a miner whose target could not be set, etc.
         finally:
-            for tally in counted:
-                tally.add(-1)
+            if stops:
+                self._stops.add(-1)
+                # float sums drift: no stop left is exactly none
+                self._stop_watts = self._stop_watts - stop_watts if self._stops.count else 0.0
             self._finished(work.miner_id)
 
     def _finished(self, miner_id: str) -> None:

@@ -131,11 +131,12 @@ class ControlLoop:
             self.wake(urgent=True)  # the first sample ends the start-up hold
             return
         if item.kind == "site_meter":
-            # Over the budget while our own stops and cuts are still being carried out,
-            # another round would only plan the same sheds again: on a trip the meter
-            # (10 Hz in the benches) drove ~10 rounds a second, CPU the stops needed.
-            # The period's round still runs, and once they finish the meter wakes us.
-            if item.watts > self.last.effective_budget_watts and not self._actuator.shedding:
+            # An excess our own stops under way will take off needs no round: on a
+            # trip the meter (10 Hz in the benches) drove ~10 rounds a second, each
+            # re-planning cuts that took slots and CPU from the stops. Any other excess
+            # (load we do not control, a dip a round's cuts are still settling into)
+            # wakes a round now: deeper cuts meet it sooner. The period's round runs anyway.
+            if item.watts - self._actuator.stopping_watts > self.last.effective_budget_watts:
                 self.wake(urgent=True)
             return
         budget = compute_budget(

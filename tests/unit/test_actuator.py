@@ -6,6 +6,8 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
+import pytest
+
 from controller.actuator import Actuator, commands_for
 from controller.clock import ManualClock
 from controller.config import load_config
@@ -261,19 +263,23 @@ async def test_a_newer_plan_takes_over_raises_still_waiting_for_older_sheds() ->
     assert actuator.busy_miners == frozenset()
 
 
-async def test_shedding_lasts_while_stops_or_cuts_are_queued_or_running() -> None:
-    """The control loop skips meter-driven rounds while this is true."""
-    log, gate, actuator = gated("abc")
-    fleet = mining("abc")
-    assert not actuator.shedding
-    actuator.submit(commands_for(plan_of(("a", "run", 2000), ("b", "sleep", None)), fleet))
+async def test_stopping_watts_are_the_draw_the_stops_under_way_take_off() -> None:
+    """The meter wake-up subtracts these: an excess they cover needs no new round.
+    Cuts do not count (a round may meet their excess sooner by cutting deeper)."""
+    log, gate, actuator = gated("abcd")
+    fleet = mining("abcd")  # each reads 3,000 W
+    sleep_watts = float(MODEL.sleep_watts)
+    the_plan = Plan(0.0, 0.0, 0.0, 0.0, (
+        MinerPlan("a", "run", 2000, 2000.0, 0.0, "cut"),
+        MinerPlan("b", "sleep", None, sleep_watts, 0.0, "stop"),
+        MinerPlan("c", "sleep", None, sleep_watts, 0.0, "stop"),
+        MinerPlan("d", "run", 3500, 3500.0, 0.0, "raise"),
+    ), ())
+    assert actuator.stopping_watts == 0.0
+    actuator.submit(commands_for(the_plan, fleet))
     await asyncio.sleep(0)
-    assert actuator.shedding  # one running, one queued for the single slot
+    assert actuator.stopping_watts == pytest.approx(2 * (3000.0 - sleep_watts))
     gate.set()
     await actuator.drain()
-    assert not actuator.shedding
-    assert sorted(m for m, _ in log) == ["a", "b"]
-    actuator.submit(commands_for(plan_of(("c", "run", 3500)), fleet))  # a raise is no shed
-    await asyncio.sleep(0)
-    assert not actuator.shedding
-    await actuator.drain()
+    assert actuator.stopping_watts == 0.0
+    assert sorted(m for m, _ in log) == ["a", "b", "c", "d"]

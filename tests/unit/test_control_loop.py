@@ -99,24 +99,31 @@ def test_unexplained_meter_draw_is_shed_and_released_slowly(rig: Rig) -> None:
     assert 1500.0 < third.meter_correction_watts < 2500.0
 
 
-class Shedding:
-    """Stands in for the actuator's one flag the meter wake-up reads."""
+class Stopping:
+    """Stands in for the actuator's one figure the meter wake-up reads."""
 
-    shedding = True
+    def __init__(self, watts: float) -> None:
+        self.stopping_watts = watts
 
 
-def test_meter_over_budget_wakes_at_once_unless_our_sheds_are_under_way(rig: Rig) -> None:
+def test_meter_over_budget_wakes_at_once_unless_our_stops_under_way_cover_it(rig: Rig) -> None:
     rig.surplus(30)
     first = rig.loop.iterate()
     rig.loop._wake.clear()
     over_kw = first.effective_budget_watts / 1000 + 5.0
+    rig.clock.advance(0.1)
     rig.meter(over_kw)
     assert rig.loop._wake.is_set() and rig.loop._urgent, "nothing under way: act now"
     rig.loop._wake.clear()
     rig.loop._urgent = False
-    rig.loop._actuator = Shedding()  # type: ignore[assignment]
+    rig.loop._actuator = Stopping(6000.0)  # type: ignore[assignment]
+    rig.clock.advance(0.1)
     rig.meter(over_kw)
-    assert not rig.loop._wake.is_set(), "the sheds already sent are what the meter shows"
+    assert not rig.loop._wake.is_set(), "the stops already sent take off this excess"
+    rig.loop._actuator = Stopping(3000.0)  # type: ignore[assignment]
+    rig.clock.advance(0.1)
+    rig.meter(over_kw)
+    assert rig.loop._wake.is_set() and rig.loop._urgent, "2 kW more than they cover: act now"
 
 
 def test_operator_cap_and_pause(rig: Rig) -> None:
