@@ -174,6 +174,26 @@ def has_any_reading(state: MinerState) -> bool:
     return any(v is not None for v in (state.watts, state.power_limit_watts, state.hashrate_ths))
 
 
+@dataclass(frozen=True, slots=True)
+class MinerDetails:
+    """What a detail read adds to the power fields: monitoring and identity."""
+
+    temperature_c: float | None = None
+    fan_rpm: tuple[int, ...] = ()
+    hostname: str | None = None
+    mac: str | None = None
+
+
+def details_from_data(data: Any) -> MinerDetails:
+    """Temperatures, fans and identity from a pyasic MinerData. Never raises."""
+    return MinerDetails(
+        temperature_c=_field(lambda: _finite(getattr(data, "temperature_avg", None))),
+        fan_rpm=_field(lambda: _fan_rpms(getattr(data, "fans", None))) or (),
+        hostname=_text(getattr(data, "hostname", None)),
+        mac=_text(getattr(data, "mac", None)),
+    )
+
+
 def state_from_data(
     miner_id: str,
     data: Any,
@@ -193,6 +213,7 @@ def state_from_data(
     hashrate_ths = hashrate_to_ths(getattr(data, "hashrate", None))
     watts = _finite(getattr(data, "wattage", None))
     reported = getattr(data, "is_mining", None) if "is_mining" in asked else None
+    details = details_from_data(data)
     state = MinerState(
         miner_id=miner_id,
         reachable=True,
@@ -207,11 +228,11 @@ def state_from_data(
         watts=watts,
         power_limit_watts=_finite(getattr(data, "wattage_limit", None)),
         hashrate_ths=hashrate_ths,
-        temperature_c=_finite(getattr(data, "temperature_avg", None)),
-        fan_rpm=_fan_rpms(getattr(data, "fans", None)),
+        temperature_c=details.temperature_c,
+        fan_rpm=details.fan_rpm,
         uptime_seconds=_finite(getattr(data, "uptime", None)),
-        hostname=_text(getattr(data, "hostname", None)) or hostname,
-        mac=_text(getattr(data, "mac", None)) or mac,
+        hostname=details.hostname or hostname,
+        mac=details.mac or mac,
         errors=_errors(getattr(data, "errors", None)),
     )
     if not has_any_reading(state):

@@ -41,7 +41,9 @@ from drivers.mapping import (
     OTHER_READ,
     POWER_LIMIT_READBACK,
     FirmwareKind,
+    MinerDetails,
     MiningThresholds,
+    details_from_data,
     mining_readback,
     state_from_bosminer_rpc,
     state_from_data,
@@ -413,19 +415,61 @@ class PyasicDriver:
     async def read_state(self) -> MinerState:
         try:
             include = self.read_include
-            state = await self._read(include, self._settings.read_timeout_seconds)
-            if not state.reachable or self._firmware is not FirmwareKind.BRAIINS:
-                return state
-            if BRAIINS_DETAIL[0] in include:
-                self._reads_since_detail = 0
-                self._temperature_c, self._fan_rpm = state.temperature_c, state.fan_rpm
-                return state
-            self._reads_since_detail += 1
-            return dataclasses.replace(
-                state, temperature_c=self._temperature_c, fan_rpm=self._fan_rpm
-            )
+            if self._firmware is not FirmwareKind.BRAIINS:
+                return await self._read(include, self._settings.read_timeout_seconds)
+            return await self._read_braiins(include)
         except Exception as exc:  # belt and braces: mapping bugs must not escape either
             return unreachable(self._miner_id, self._clock.monotonic(), self._describe(exc))
+
+    async def _read_braiins(self, include: tuple[str, ...]) -> MinerState:
+        """The power fields from the lean RPC read, and on a detail read, alongside it,
+        only the gRPC calls the details need (boards and fans, identity until known):
+        two HTTP/2 connections, not the four or five get_data opens for every field.
+        Between detail reads, and when one fails, the last details are carried forward."""
+        timeout = self._settings.read_timeout_seconds
+        regular = tuple(f for f in include if f in BOSMINER_RPC_FIELDS)
+        detail = tuple(f for f in include if f not in BOSMINER_RPC_FIELDS)
+        miner = self._miner
+        if not detail or miner is None or not self._lean(miner, regular):
+            state = await self._read(include, timeout)  # one get_data for every field
+            if state.reachable and detail:
+                self._keep_details(MinerDetails(state.temperature_c, state.fan_rpm,
+                                                state.hostname, state.mac))
+            elif state.reachable:
+                self._reads_since_detail += 1
+        else:
+            state, details = await asyncio.gather(
+                self._read(regular, timeout), self._read_details(miner, detail, timeout)
+            )
+            if state.reachable:
+                self._keep_details(details)
+        if not state.reachable:
+            return state
+        return dataclasses.replace(
+            state, temperature_c=self._temperature_c, fan_rpm=self._fan_rpm,
+            hostname=self._hostname, mac=self._mac,
+        )
+
+    async def _read_details(
+        self, miner: Any, fields: tuple[str, ...], timeout_seconds: float
+    ) -> MinerDetails | None:
+        try:
+            data = await self._call(timeout_seconds, "detail read",
+                                    functools.partial(self._get_data, miner, fields))
+        except _Failure as failure:
+            log.debug("driver.detail_read_failed", miner_id=self._miner_id, detail=failure.detail)
+            return None
+        return details_from_data(data)
+
+    def _keep_details(self, details: MinerDetails | None) -> None:
+        """A detail read happened (failed: None): start the next cycle either way, so a
+        miner whose gRPC keeps failing is not asked on every read."""
+        self._reads_since_detail = 0
+        if details is None:
+            return
+        self._temperature_c, self._fan_rpm = details.temperature_c, details.fan_rpm
+        self._hostname = details.hostname or self._hostname
+        self._mac = details.mac or self._mac
 
     # ------------------------------------------------------------ commands
 

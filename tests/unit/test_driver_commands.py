@@ -4,7 +4,6 @@ secrets, credentials file, and the FleetPoller (no sockets)."""
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import logging
 import time
 import zlib
@@ -40,7 +39,6 @@ FAST = DriverSettings(
     verify_window_seconds=0.2,
     verify_interval_seconds=0.05,
 )
-EVERY_READ_DETAILED = dataclasses.replace(FAST, detail_every_reads=1)  # every read is get_data
 
 
 class FakeWeb:
@@ -237,7 +235,7 @@ async def test_read_timeout_is_unreachable() -> None:
 
     fake.get_data = hang  # type: ignore[method-assign]
     started = time.monotonic()
-    state = await _driver(fake, settings=EVERY_READ_DETAILED).read_state()
+    state = await _driver(fake, firmware="luxos").read_state()  # LuxOS: every read is get_data
     assert time.monotonic() - started < 0.6
     assert not state.reachable and state.error is not None and "0.3 s" in state.error
 
@@ -249,7 +247,7 @@ async def test_get_data_exception_never_escapes() -> None:
         raise TypeError("sequence item 0: expected str instance, NoneType found")
 
     fake.get_data = boom  # type: ignore[method-assign]
-    state = await _driver(fake, settings=EVERY_READ_DETAILED).read_state()
+    state = await _driver(fake, firmware="luxos").read_state()
     assert not state.reachable and state.error is not None and "TypeError" in state.error
 
 
@@ -409,11 +407,12 @@ async def test_braiins_detail_fields_every_nth_read() -> None:
     driver = _driver(fake, settings=settings)
     states = [await driver.read_state() for _ in range(6)]
     # "m1" starts its cycle at offset 0: two lean reads (one RPC multicommand each), then
-    # the detail read through get_data, and so on
+    # a lean read with the details through get_data alongside, and so on
     assert zlib.crc32(b"m1") % 3 == 0
     lean = "rpc:summary+devs+tunerstatus"
-    assert fake.calls == [lean, lean, "get_data", lean, lean, "get_data"]
-    assert all("hashboards" in inc for inc in seen)
+    assert fake.calls == [lean, lean, lean, "get_data", lean, lean, lean, "get_data"]
+    # get_data is asked for the details only: the power fields came with the lean read
+    assert seen == [["hashboards", "fans", "hostname", "mac"], ["hashboards", "fans"]]
     assert "hostname" in seen[0] and "hostname" not in seen[1]  # identity until known
     assert states[0].temperature_c is None  # no detail read yet
     assert all(s.temperature_c == 61 for s in states[2:])  # carried forward between details
@@ -432,9 +431,12 @@ async def test_detail_reads_of_a_fleet_are_spread_over_polls() -> None:
                               settings=DriverSettings(read_timeout_seconds=0.3,
                                                       detail_every_reads=every),
                               pyasic_miner=fake)
-        for _ in range(2 * every):
+        details = []
+        for n in range(2 * every):
+            before = len(fake.calls)
             await driver.read_state()
-        details = [n for n, call in enumerate(fake.calls) if call == "get_data"]
+            if "get_data" in fake.calls[before:]:
+                details.append(n)
         assert len(details) == 2 and details[1] - details[0] == every
         first_detail_at.append(details[0])
     # every miner gets a detail read every `every` polls, but not all on the same one,
@@ -529,8 +531,37 @@ async def test_identity_unknown_is_asked_again_on_detail_reads_only() -> None:
     driver = _driver(fake, settings=DriverSettings(read_timeout_seconds=0.3, detail_every_reads=3))
     for _ in range(6):
         assert (await driver.read_state()).reachable
-    assert fake.calls.count("get_data") == 2 and len(fake.calls) == 6
+    assert fake.calls.count("get_data") == 2 and len(fake.calls) == 8  # + 6 lean reads
     assert all("hostname" in include for include in asked)
+
+
+async def test_a_failing_detail_read_keeps_the_power_reading_and_waits_a_cycle() -> None:
+    """Temperatures are monitoring: a hung gRPC detail read must neither make the
+    miner unreachable nor be retried on every read."""
+    fake = FakeMiner()
+    original = fake.get_data
+    hang = True
+    asked = 0
+
+    async def detail(include: list[str] | None = None) -> MinerData:
+        nonlocal asked
+        asked += 1
+        if hang:
+            await asyncio.sleep(3600)
+        data = await original(include)
+        data.hashboards[0].temp = 55
+        return data
+
+    fake.get_data = detail  # type: ignore[method-assign]
+    driver = _driver(fake, settings=DriverSettings(read_timeout_seconds=0.3, detail_every_reads=3))
+    states = [await driver.read_state() for _ in range(6)]
+    assert all(s.reachable and s.watts == 3000 for s in states)
+    assert asked == 2  # once a cycle, not on every read after a failure
+    assert all(s.temperature_c is None for s in states)
+    hang = False
+    states = [await driver.read_state() for _ in range(3)]
+    assert asked == 3
+    assert states[-1].temperature_c == 55 and states[-1].hostname == "bos-1"
 
 
 
