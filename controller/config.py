@@ -356,6 +356,9 @@ class FleetConfig(_Strict):
     read_timeout_seconds: PosFloat = 8.0
     max_concurrency: PosInt = 256
     command_retries: NonNegInt = 2
+    # Braiins temperatures, fans and identity (gRPC, ~5x a power read in CPU): this
+    # often per miner; the power fields come with every poll regardless
+    detail_interval_seconds: PosFloat = 60.0
     credentials_file: Path | None = None
 
     @model_validator(mode="after")

@@ -77,6 +77,9 @@ class DriverSettings:
             command_timeout_seconds=fleet.command_timeout_seconds,
             command_retries=fleet.command_retries,
             verify_window_seconds=min(5.0, fleet.command_timeout_seconds),
+            detail_every_reads=max(
+                1, round(fleet.detail_interval_seconds / fleet.poll_interval_seconds)
+            ),
         )
 
 

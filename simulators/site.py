@@ -33,6 +33,7 @@ class SiteTiming:
     shed_deadline_seconds: float = 1.0
     max_concurrency: int = 256
     meter_release_seconds: float = 60.0
+    detail_interval_seconds: float = 60.0
 
 
 def site_config_text(
@@ -113,6 +114,7 @@ def site_config_text(
         f"read_timeout_seconds = {t.read_timeout_seconds}",
         f"command_timeout_seconds = {t.command_timeout_seconds}",
         f"max_concurrency = {t.max_concurrency}",
+        f"detail_interval_seconds = {t.detail_interval_seconds}",
         "command_retries = 1",
         "",
         "[metrics]",

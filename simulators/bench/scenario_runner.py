@@ -135,6 +135,7 @@ def scaled_timing(sc: Scenario, nameplate_kw: float) -> SiteTiming:
         # the physics settle K times faster, so must the meter correction's release
         meter_release_seconds=round(max(t.meter_release_s / k, 0.5), 3),
         max_concurrency=max(1, round(t.max_concurrency)),
+        detail_interval_seconds=t.detail_interval_s,  # real, like the poll interval
     )
 
 

@@ -70,6 +70,7 @@ class ControllerTiming:
     shed_deadline_s: float = 1.0
     max_concurrency: float = 256.0  # fleet.max_concurrency (reads and commands in flight)
     meter_release_s: float = 60.0  # site.meter_release_seconds (÷ K, at least 0.5 s real)
+    detail_interval_s: float = 60.0  # REAL: fleet.detail_interval_seconds (monitoring reads)
 
 
 @dataclass(frozen=True, slots=True)

@@ -211,3 +211,17 @@ def test_check_config_cli_lists_all_problems_and_exits_78(tmp_path: Path) -> Non
     assert "site.safety_margin_kw" in err and "-1.0" in err
     assert "fleet.models[0].power_range: min_watts (3100) must not exceed max_watts (3000)" in err
     assert "Traceback" not in err
+
+
+def test_detail_interval_sets_how_many_reads_apart_detail_reads_are() -> None:
+    from drivers.pyasic_driver import DriverSettings
+
+    data = example_data()
+    data["fleet"]["poll_interval_seconds"] = 10.0
+    data["fleet"]["detail_interval_seconds"] = 300.0
+    assert DriverSettings.from_fleet(parse_config(data).fleet).detail_every_reads == 30
+    data["fleet"]["detail_interval_seconds"] = 1.0  # shorter than a poll: every read
+    assert DriverSettings.from_fleet(parse_config(data).fleet).detail_every_reads == 1
+    data["fleet"]["detail_interval_seconds"] = 0
+    found = problems_of(data)
+    assert any(p.startswith("fleet.detail_interval_seconds:") for p in found), found
