@@ -19,6 +19,7 @@ import re
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
+from controller.config import MAX_SITE_KW
 from controller.tracker import Overrides
 
 MAX_COMMAND_BYTES = 4096
@@ -97,9 +98,11 @@ def parse_command(payload: bytes, known_miners: frozenset[str]) -> OperatorComma
             isinstance(cap_kw, bool)
             or not isinstance(cap_kw, int | float)
             or not math.isfinite(cap_kw)
-            or cap_kw < 0
+            or not 0 <= cap_kw <= MAX_SITE_KW  # 1.8e305 kW is finite; its watts are not
         ):
-            return Refusal(request_id, f"'set_cap' needs 'cap_kw' >= 0 (got {cap_kw!r})")
+            return Refusal(
+                request_id, f"'set_cap' needs 0 <= 'cap_kw' <= {MAX_SITE_KW:g} (got {cap_kw!r})"
+            )
         cap_watts = float(cap_kw) * 1000.0
     elif "cap_kw" in doc:
         return Refusal(request_id, f"'{name}' takes no 'cap_kw'")
@@ -162,9 +165,9 @@ def state_from_json(doc: Any) -> OperatorState:
         isinstance(cap, bool)
         or not isinstance(cap, int | float)
         or not math.isfinite(cap)
-        or cap < 0
+        or not 0 <= cap <= MAX_SITE_KW * 1000.0
     ):
-        raise ValueError("cap_watts must be a non-negative number or null")
+        raise ValueError("cap_watts must be a number from 0 to 1e12 or null")
     paused = doc.get("paused", False)
     if not isinstance(paused, bool):
         raise ValueError("paused must be true or false")

@@ -54,6 +54,8 @@ def test_malformed_commands_are_refused_with_reasons() -> None:
         json.dumps({"id": "x", "command": "pin", "miner": "nope"}).encode(): "configured miner",
         json.dumps({"id": "x", "command": "set_cap", "cap_kw": -1}).encode(): "cap_kw",
         json.dumps({"id": "x", "command": "set_cap", "cap_kw": True}).encode(): "cap_kw",
+        # finite in kW, infinite in watts (found by the fuzz test)
+        b'{"id": "x", "command": "set_cap", "cap_kw": 1.797693134862316e+305}': "cap_kw",
         json.dumps({"id": "x", "command": "pause", "extra": 1}).encode(): "unknown field",
         json.dumps({"id": "x/y", "command": "pause"}).encode(): "'id'",
         b"{" * 5000: "larger than",
