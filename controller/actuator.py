@@ -47,6 +47,7 @@ class MinerCommands:
     sheds: bool
     pending_watts: float | None = None  # the draw a raise may lead to while in flight
     shed_watts: float = 0.0  # the draw a shed takes off once carried out (0 for a raise)
+    raise_watts: float = 0.0  # the draw a raise may add to what the fleet is assumed at
 
 
 def commands_for(plan: Plan, fleet: FleetState) -> list[MinerCommands]:
@@ -62,7 +63,8 @@ def commands_for(plan: Plan, fleet: FleetState) -> list[MinerCommands]:
             work = MinerCommands(mp.miner_id, steps, sheds=_sheds(view, mp.action, mp.target_watts))
             pending = pending_watts_of(work, view.model.max_target_watts)
             shed = max(0.0, view.assumed_watts - mp.planned_watts) if work.sheds else 0.0
-            out.append(MinerCommands(work.miner_id, steps, work.sheds, pending, shed))
+            added = max(0.0, (pending or 0.0) - view.assumed_watts)
+            out.append(MinerCommands(work.miner_id, steps, work.sheds, pending, shed, added))
     return out
 
 
@@ -180,9 +182,16 @@ class Actuator:
             await self._stops.zero()
             await self._slots.backlog_cleared()
 
-    def submit(self, work: Sequence[MinerCommands]) -> int:
+    def submit(self, work: Sequence[MinerCommands], headroom_watts: float | None = None) -> int:
         """Start a plan's commands: sheds now, raises after every shed of this plan
-        finished (unless a newer plan superseded them). Returns commands started."""
+        finished (unless a newer plan superseded them). Returns commands started.
+
+        ``headroom_watts``: how far the fleet's assumed draw (every shed counted as
+        not done yet) is under the budget. Raises that fit in it, in the plan's order,
+        cannot take the draw over the budget whenever the sheds land, so they go now
+        with the cuts; only the rest waits for the sheds. (At 10,000 miners a plan's
+        thousands of cuts took ~100 s, and the resumes behind them starved while the
+        draw was megawatts under a risen grant.)"""
         self._generation += 1
         generation = self._generation
         # raises still waiting for an older plan's sheds: this plan decides them now.
@@ -207,6 +216,16 @@ class Actuator:
             if self._observer is not None and w.pending_watts is not None:
                 self._observer.commands_started(w.miner_id, w.pending_watts)
         shed_tasks = [self._spawn(self._run_miner(w)) for w in sheds]
+        if headroom_watts is not None:
+            room = headroom_watts
+            waiting: list[MinerCommands] = []
+            for w in raises:
+                if w.raise_watts <= room:
+                    room -= w.raise_watts
+                    self._spawn(self._run_miner(w, PRIORITY_CUT))
+                else:
+                    waiting.append(w)
+            raises = waiting
         if raises:
             for w in raises:
                 self._queued_raises[w.miner_id] = generation
@@ -230,8 +249,8 @@ class Actuator:
             del self._queued_raises[w.miner_id]
         await asyncio.gather(*(self._run_miner(w) for w in still_ours), return_exceptions=True)
 
-    async def _run_miner(self, work: MinerCommands) -> None:
-        priority = _priority(work)
+    async def _run_miner(self, work: MinerCommands, priority: int | None = None) -> None:
+        priority = _priority(work) if priority is None else priority
         stops = priority == PRIORITY_STOP
         stop_watts = work.shed_watts if stops else 0.0
         if stops:

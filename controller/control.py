@@ -34,8 +34,12 @@ log = structlog.get_logger("hashgov.control")
 # site.meter_release_seconds (MeterFilter), so a miner that under-reports keeps the
 # fleet shed instead of oscillating.
 GAP_LOG_INTERVAL_SECONDS = 60.0
-# Non-urgent wake-ups (operator commands, reloads) are spaced at least this far apart.
+# Non-urgent wake-ups (the meter over the budget) are spaced at least this far apart,
 MIN_ITERATION_SPACING_SECONDS = 0.2
+# and start no sooner than this many times the last round's own duration after it:
+# at 10,000 miners a round takes ~0.35 s, and a meter at 5-10 Hz over the budget
+# would otherwise keep the loop planning, starving the commands that shed.
+ROUND_PACE = 3.0
 # a cut has settled (to 5 %) after this many power time constants
 SETTLE_TIME_CONSTANTS = 3.0
 # rounds remembered for the fast shed's "what may the fleet still draw" (bounded)
@@ -135,9 +139,10 @@ class ControlLoop:
             # trip the meter (10 Hz in the benches) drove ~10 rounds a second, each
             # re-planning cuts that took slots and CPU from the stops. Any other excess
             # (load we do not control, a dip a round's cuts are still settling into)
-            # wakes a round now: deeper cuts meet it sooner. The period's round runs anyway.
+            # wakes a round, paced: deeper cuts meet it sooner. The period's round runs
+            # anyway.
             if item.watts - self._actuator.stopping_watts > self.last.effective_budget_watts:
-                self.wake(urgent=True)
+                self.wake()  # paced: see ROUND_PACE
             return
         budget = compute_budget(
             self.config.site, self._store, self._clock.monotonic(), previous=self._budgets.last
@@ -212,16 +217,16 @@ class ControlLoop:
                 if self._urgent:
                     self._urgent = False
                     return
-                spacing = (
-                    self._last_iteration_at
-                    + MIN_ITERATION_SPACING_SECONDS
-                    - self._clock.monotonic()
-                )
+                spacing = self._last_iteration_at + self._pace_seconds() - self._clock.monotonic()
                 if spacing <= 0:
                     return
                 deadline_seconds = min(deadline_seconds, self._clock.monotonic() + spacing)
             if sleeper.done():
                 return
+
+    def _pace_seconds(self) -> float:
+        last_round_seconds = self.last.duration_seconds if self.last is not None else 0.0
+        return max(MIN_ITERATION_SPACING_SECONDS, ROUND_PACE * last_round_seconds)
 
     # ------------------------------------------------------------ iteration
 
@@ -256,12 +261,14 @@ class ControlLoop:
             # see the cut miners still settling).
             site = self.config.site
             the_plan = fast_shed(the_plan, fleet, site.shed_deadline_seconds,
-                                 allowance_watts=site.safety_margin_watts)
+                                 allowance_watts=site.safety_margin_watts,
+                                 max_batch=self.config.fleet.max_concurrency)
         self._recent_capped.append((now, capped))
         work = commands_for(the_plan, fleet)
         if op.paused:
             work = [w for w in work if w.sheds]  # paused: hold, but the budget still wins
-        self._actuator.submit(work)
+        # the sheds counted as not done yet: raises within this may go before them
+        self._actuator.submit(work, headroom_watts=effective - model_watts)
         self.previous_plan = the_plan
         decision = Decision(
             at_seconds=now,
@@ -284,7 +291,8 @@ class ControlLoop:
         return decision
 
     def _needs_fast_shed(self, capped_watts: float, fleet: FleetState, now: float) -> bool:
-        """A drop this round, to below what the fleet may still draw minus the margin.
+        """A drop this round, to below what the fleet may still draw minus the margin
+        (on the first round: a fleet drawing more than the budget plus the margin).
 
         The fleet draws at most the highest budget of the last few settling times
         (rounds' cuts settle within ~3 time constants). The grant is that budget plus
@@ -292,12 +300,15 @@ class ControlLoop:
         grant, however slowly the plan's cuts settle: no deep cut, no sleep. Without
         this, every noise dip past zero sent hundreds of deep cuts, raised back the
         next round, and the command traffic starved the real sheds."""
+        margin_watts = self.config.site.safety_margin_watts
         if not self._recent_capped:
-            return False
+            # the first round: the draw was never planned by us (a start, a restart),
+            # so a fleet over the grant is a drop like any other; cuts alone took a
+            # 10,000-miner fleet started at full power ~30 s to bring under it
+            return fleet.assumed_watts() - capped_watts > margin_watts
         last = self._recent_capped[-1][1]
         if capped_watts >= last:
             return False
-        margin_watts = self.config.site.safety_margin_watts
         if last - capped_watts > margin_watts:
             return True  # the common case, without scanning the fleet's models
         horizon_seconds = SETTLE_TIME_CONSTANTS * max(

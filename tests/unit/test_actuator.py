@@ -283,3 +283,38 @@ async def test_stopping_watts_are_the_draw_the_stops_under_way_take_off() -> Non
     await actuator.drain()
     assert actuator.stopping_watts == 0.0
     assert sorted(m for m, _ in log) == ["a", "b", "c", "d"]
+
+
+async def test_raises_within_the_headroom_go_with_the_cuts_the_rest_wait() -> None:
+    """A raise that fits under the budget with every shed counted as not done yet
+    cannot take the draw over it, whenever the sheds land: it need not wait for
+    them (thousands of slow cuts starved the resumes under a risen grant)."""
+    log, gate, actuator = gated("abc", max_concurrency=8)
+    fleet = FleetState(0.0, (view("a", MinerStatus.MINING), view("b", MinerStatus.SLEEPING),
+                             view("c", MinerStatus.SLEEPING)))
+    work = commands_for(plan_of(("a", "run", 2000), ("b", "run", 3000), ("c", "run", 3000)),
+                        fleet)
+    raise_watts = {w.miner_id: w.raise_watts for w in work}
+    assert raise_watts["b"] == pytest.approx(3000.0 - MODEL.sleep_watts)  # 30 W asleep
+    actuator.submit(work, headroom_watts=raise_watts["b"] + 1000.0)  # room for one of two
+    await asyncio.sleep(0)
+    await asyncio.sleep(0)
+    assert ("a", "set_power_limit:2000") in log
+    assert ("b", "set_power_limit:3000") in log or ("b", "resume") in log, "b fits: now"
+    assert not [c for m, c in log if m == "c"], "c does not fit: after the cut"
+    gate.set()
+    await actuator.drain()
+    assert ("c", "resume") in log
+
+
+async def test_without_a_headroom_every_raise_waits_for_the_sheds() -> None:
+    log, gate, actuator = gated("ab", max_concurrency=8)
+    fleet = FleetState(0.0, (view("a", MinerStatus.MINING), view("b", MinerStatus.SLEEPING)))
+    work = commands_for(plan_of(("a", "run", 2000), ("b", "run", 3000)), fleet)
+    actuator.submit(work, headroom_watts=-500.0)  # over the budget already
+    await asyncio.sleep(0)
+    await asyncio.sleep(0)
+    assert log == [("a", "set_power_limit:2000")]
+    gate.set()
+    await actuator.drain()
+    assert ("b", "resume") in log

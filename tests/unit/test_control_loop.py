@@ -106,16 +106,17 @@ class Stopping:
         self.stopping_watts = watts
 
 
-def test_meter_over_budget_wakes_at_once_unless_our_stops_under_way_cover_it(rig: Rig) -> None:
+def test_meter_over_budget_wakes_a_round_unless_our_stops_under_way_cover_it(rig: Rig) -> None:
     rig.surplus(30)
     first = rig.loop.iterate()
     rig.loop._wake.clear()
+    rig.loop._urgent = False
     over_kw = first.effective_budget_watts / 1000 + 5.0
     rig.clock.advance(0.1)
     rig.meter(over_kw)
-    assert rig.loop._wake.is_set() and rig.loop._urgent, "nothing under way: act now"
+    assert rig.loop._wake.is_set(), "nothing under way: act"
+    assert not rig.loop._urgent, "paced (ROUND_PACE), not at once: a drop is what is urgent"
     rig.loop._wake.clear()
-    rig.loop._urgent = False
     rig.loop._actuator = Stopping(6000.0)  # type: ignore[assignment]
     rig.clock.advance(0.1)
     rig.meter(over_kw)
@@ -123,7 +124,22 @@ def test_meter_over_budget_wakes_at_once_unless_our_stops_under_way_cover_it(rig
     rig.loop._actuator = Stopping(3000.0)  # type: ignore[assignment]
     rig.clock.advance(0.1)
     rig.meter(over_kw)
-    assert rig.loop._wake.is_set() and rig.loop._urgent, "2 kW more than they cover: act now"
+    assert rig.loop._wake.is_set(), "2 kW more than they cover: act"
+
+
+def test_meter_rounds_are_paced_by_how_long_a_round_takes(rig: Rig) -> None:
+    """A 10,000-miner round takes ~0.35 s: meter samples at 5-10 Hz must not keep
+    the loop planning instead of carrying the commands out."""
+    import dataclasses
+
+    from controller.control import MIN_ITERATION_SPACING_SECONDS, ROUND_PACE
+
+    rig.surplus(30)
+    quick = rig.loop.iterate()
+    rig.loop.last = dataclasses.replace(quick, duration_seconds=0.001)
+    assert rig.loop._pace_seconds() == MIN_ITERATION_SPACING_SECONDS
+    rig.loop.last = dataclasses.replace(quick, duration_seconds=0.35)
+    assert rig.loop._pace_seconds() == pytest.approx(ROUND_PACE * 0.35)
 
 
 def test_operator_cap_and_pause(rig: Rig) -> None:
@@ -178,9 +194,9 @@ def test_fast_shed_runs_only_for_drops_past_the_safety_margin(
     consulted: list[float] = []
     real = control.fast_shed
 
-    def spy(the_plan: Any, fleet: Any, deadline: float, allowance_watts: float = 0.0) -> Any:
+    def spy(the_plan: Any, fleet: Any, deadline: float, **kwargs: Any) -> Any:
         consulted.append(the_plan.budget_watts)
-        return real(the_plan, fleet, deadline, allowance_watts=allowance_watts)
+        return real(the_plan, fleet, deadline, **kwargs)
 
     monkeypatch.setattr(control, "fast_shed", spy)
     margin_kw = rig.config.site.safety_margin_kw
@@ -198,3 +214,28 @@ def test_fast_shed_runs_only_for_drops_past_the_safety_margin(
     assert round_at(30.0 - 1.2 * margin_kw, after_seconds=60.0) == 1, "no drop: no shed"
     assert round_at(30.0 - 1.8 * margin_kw) == 1, "cuts of a minute ago have settled"
     assert round_at(30.0 - 3.0 * margin_kw) == 2, "past the margin at once"
+
+
+def test_the_first_round_sheds_fast_when_the_fleet_starts_over_the_grant(
+    rig: Rig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """At a start or restart the draw was never planned by us: a fleet found over
+    the grant is met like a drop, not by slow cuts alone."""
+    import controller.control as control
+
+    consulted: list[float] = []
+    real = control.fast_shed
+
+    def spy(the_plan: Any, fleet: Any, deadline: float, **kwargs: Any) -> Any:
+        consulted.append(the_plan.budget_watts)
+        return real(the_plan, fleet, deadline, **kwargs)
+
+    monkeypatch.setattr(control, "fast_shed", spy)
+    fleet_kw = rig.loop._tracker.fleet_state(rig.clock.monotonic()).assumed_watts() / 1000
+    margin_kw = rig.config.site.safety_margin_kw
+    rig.surplus(fleet_kw - 2 * margin_kw - 1.0)
+    first = rig.loop.iterate()
+    assert consulted == [first.plan.budget_watts]
+    rig.clock.advance(1.0)
+    rig.loop.iterate()
+    assert len(consulted) == 1, "later rounds: only on a drop"

@@ -200,3 +200,23 @@ def test_a_cut_sent_after_the_last_read_counts_as_settling_since_it_was_sent() -
         held = plan(fleet, 1200.0, CONFIG, NOW_SECONDS)
         shed = fast_shed(held, fleet, 1.0)
         assert (shed is held) is fits
+
+
+def test_a_shed_larger_than_one_wave_of_commands_uses_the_fewest() -> None:
+    """Deep cuts keep miners hashing, but a stop takes off ~3x the watts by the
+    deadline: when the cuts would need more commands than the actuator runs at once,
+    the excess is met with fewer commands, by sleeps."""
+    fleet = FleetState(NOW_SECONDS, tuple(_mining(i, S19J) for i in range(20)))
+    budget = 0.97 * fleet.assumed_watts()
+    cut = plan(fleet, budget, CONFIG, NOW_SECONDS)
+
+    def changes(p: object) -> tuple[int, int]:
+        reasons = [mp.reason for mp in p.miners]  # type: ignore[attr-defined]
+        return reasons.count(DEEP_CUT_REASON), reasons.count(FAST_SHED_REASON)
+
+    deep, slept = changes(fast_shed(cut, fleet, 1.0, max_batch=64))  # one wave: as before
+    assert deep > 2 and slept == 0
+    shed = fast_shed(cut, fleet, 1.0, max_batch=2)
+    fewer_deep, fewer_slept = changes(shed)
+    assert fewer_deep == 0 and 0 < fewer_slept < deep
+    assert _expected(shed, fleet, 1.0) <= budget
