@@ -5,6 +5,7 @@ readback, and every fault as the driver sees it. Addresses 127.2.<n>.x (and
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import time
 from collections.abc import AsyncIterator
@@ -46,7 +47,18 @@ _counter = iter(range(200))
 
 @pytest.fixture(params=sorted(FIRMWARES))
 async def site(request: pytest.FixtureRequest) -> AsyncIterator[Site]:
-    firmware: str = request.param
+    async with _site(request.param) as s:
+        yield s
+
+
+@pytest.fixture
+async def luxos_site() -> AsyncIterator[Site]:
+    async with _site("luxos") as s:
+        yield s
+
+
+@contextlib.asynccontextmanager
+async def _site(firmware: str) -> AsyncIterator[Site]:
     # a fresh /24 per test: no listener of a previous test can linger in the way
     base_ip = f"127.2.{FIRMWARES[firmware] + next(_counter) % 10}.1"
     specs = make_specs(4, f"Antminer S19j Pro:{firmware}:1", base_ip)
@@ -93,9 +105,8 @@ async def test_set_power_limit_reads_back_applied_watts(site: Site) -> None:
     assert (await driver.read_state()).power_limit_watts == expected
 
 
-async def test_luxos_limits_read_the_profiles_once_and_keep_atm(site: Site) -> None:
-    if site.firmware != "luxos":
-        pytest.skip("LuxOS profiles and ATM")
+async def test_luxos_limits_read_the_profiles_once_and_keep_atm(luxos_site: Site) -> None:
+    site = luxos_site
     driver = site.drivers[0]
     sim_miner = site.sim.miners[driver.address]
     miner = await driver.pyasic_miner()
