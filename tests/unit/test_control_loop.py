@@ -182,13 +182,8 @@ def test_meter_filter_attacks_fast() -> None:
     assert f.update(5000.0, 2.0) == 5000.0
 
 
-def test_fast_shed_runs_only_for_drops_past_the_safety_margin(
-    rig: Rig, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """A drop the margin covers cannot put the draw over the grant (the fleet was
-    planned at most at the old budget, the grant is the new budget plus the margin),
-    so the fast shed is not consulted. Drops add up while earlier cuts may still be
-    settling (3 power time constants, 9 s in the example)."""
+def spy_on_fast_shed(monkeypatch: pytest.MonkeyPatch) -> list[float]:
+    """The budgets of the plans the control loop hands to the fast shed."""
     import controller.control as control
 
     consulted: list[float] = []
@@ -199,6 +194,17 @@ def test_fast_shed_runs_only_for_drops_past_the_safety_margin(
         return real(the_plan, fleet, deadline, **kwargs)
 
     monkeypatch.setattr(control, "fast_shed", spy)
+    return consulted
+
+
+def test_fast_shed_runs_only_for_drops_past_the_safety_margin(
+    rig: Rig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A drop the margin covers cannot put the draw over the grant (the fleet was
+    planned at most at the old budget, the grant is the new budget plus the margin),
+    so the fast shed is not consulted. Drops add up while earlier cuts may still be
+    settling (3 power time constants, 9 s in the example)."""
+    consulted = spy_on_fast_shed(monkeypatch)
     margin_kw = rig.config.site.safety_margin_kw
     assert margin_kw > 0
 
@@ -221,16 +227,7 @@ def test_the_first_round_sheds_fast_when_the_fleet_starts_over_the_grant(
 ) -> None:
     """At a start or restart the draw was never planned by us: a fleet found over
     the grant is met like a drop, not by slow cuts alone."""
-    import controller.control as control
-
-    consulted: list[float] = []
-    real = control.fast_shed
-
-    def spy(the_plan: Any, fleet: Any, deadline: float, **kwargs: Any) -> Any:
-        consulted.append(the_plan.budget_watts)
-        return real(the_plan, fleet, deadline, **kwargs)
-
-    monkeypatch.setattr(control, "fast_shed", spy)
+    consulted = spy_on_fast_shed(monkeypatch)
     fleet_kw = rig.loop._tracker.fleet_state(rig.clock.monotonic()).assumed_watts() / 1000
     margin_kw = rig.config.site.safety_margin_kw
     rig.surplus(fleet_kw - 2 * margin_kw - 1.0)
