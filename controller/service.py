@@ -70,6 +70,18 @@ def default_driver_factory(config: HashgovConfig, clock: Clock) -> Mapping[str, 
     return build_drivers(config, clock=clock, credentials=credentials)
 
 
+def plan_worth_logging(decision: Decision, previous_budget_watts: float | None) -> bool:
+    """A round is logged ("plan") when it sends commands, and when the budget fell
+    even if nothing needs to change: the log then shows every drop's decision and
+    when it was taken (the benches' decide latency is read from it; without the
+    quiet rounds a drop was matched to a later round's commands, seconds later)."""
+    if decision.commands:
+        return True
+    return previous_budget_watts is not None and (
+        decision.effective_budget_watts < previous_budget_watts
+    )
+
+
 class CrashLoop(Exception):
     """A supervised task failed too often: exit and let the service manager restart us."""
 
@@ -127,6 +139,7 @@ class Service:
         self._driver_factory: DriverFactory = driver_factory or default_driver_factory
         self._stop = asyncio.Event()
         self._status_due = asyncio.Event()
+        self._last_budget_watts: float | None = None  # the last round's, for the plan log
         self.ready = asyncio.Event()  # READY=1 sent: the fleet has been read
         self.acting = asyncio.Event()  # the control loop has made its first decision
         self.metrics_port: int | None = None
@@ -231,7 +244,9 @@ class Service:
         )
         self.metrics.set_flags(fail_safe_active=decision.budget.fail_safe)
         self.metrics.control_loop_done(decision.duration_seconds, self.clock.wall())
-        if decision.commands:
+        previous_budget_watts = self._last_budget_watts
+        self._last_budget_watts = decision.effective_budget_watts
+        if plan_worth_logging(decision, previous_budget_watts):
             log.info(
                 "plan",
                 budget_watts=round(decision.effective_budget_watts),

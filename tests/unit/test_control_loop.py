@@ -236,3 +236,22 @@ def test_the_first_round_sheds_fast_when_the_fleet_starts_over_the_grant(
     rig.clock.advance(1.0)
     rig.loop.iterate()
     assert len(consulted) == 1, "later rounds: only on a drop"
+
+
+def test_a_budget_drop_is_logged_even_when_no_command_is_needed(rig: Rig) -> None:
+    """The plan log must show every drop's decision, or the decide latency read
+    from it matches a drop to a later round's commands."""
+    import dataclasses
+
+    from controller.service import plan_worth_logging
+
+    rig.surplus(30)
+    decision = rig.loop.iterate()
+    quiet = dataclasses.replace(decision, commands=())
+    budget = quiet.effective_budget_watts
+    assert plan_worth_logging(dataclasses.replace(quiet, commands=decision.commands or (None,)),  # type: ignore[arg-type]
+                              budget)
+    assert plan_worth_logging(quiet, budget + 500.0), "the budget fell: logged"
+    assert not plan_worth_logging(quiet, budget), "same budget, nothing sent: quiet"
+    assert not plan_worth_logging(quiet, budget - 500.0), "a rise with nothing sent: quiet"
+    assert not plan_worth_logging(quiet, None), "no previous round to compare with"
