@@ -59,12 +59,16 @@ def commands_for(plan: Plan, fleet: FleetState) -> list[MinerCommands]:
         if view is None or mp.action == "leave" or not view.controllable:
             continue
         steps = _steps(view, mp.action, mp.target_watts)
-        if steps:
-            work = MinerCommands(mp.miner_id, steps, sheds=_sheds(view, mp.action, mp.target_watts))
-            pending = pending_watts_of(work, view.model.max_target_watts)
-            shed = max(0.0, view.assumed_watts - mp.planned_watts) if work.sheds else 0.0
-            added = max(0.0, (pending or 0.0) - view.assumed_watts)
-            out.append(MinerCommands(work.miner_id, steps, work.sheds, pending, shed, added))
+        if not steps:
+            continue
+        assumed = view.assumed_watts
+        if _sheds(view, mp.action, mp.target_watts):
+            shed = max(0.0, assumed - mp.planned_watts)
+            out.append(MinerCommands(mp.miner_id, steps, True, shed_watts=shed))
+        else:
+            pending = _raise_target_watts(steps, view.model.max_target_watts)
+            out.append(MinerCommands(mp.miner_id, steps, False, pending,
+                                     raise_watts=max(0.0, pending - assumed)))
     return out
 
 
@@ -116,12 +120,10 @@ class CommandObserver(Protocol):
     def commands_finished(self, miner_id: str) -> None: ...
 
 
-def pending_watts_of(work: MinerCommands, max_target_watts: int) -> float | None:
-    """The draw a miner may head for while these commands run; None for a pure shed."""
-    if work.sheds:
-        return None
+def _raise_target_watts(steps: tuple[Command, ...], max_target_watts: int) -> float:
+    """The draw a miner may head for while a raise's commands run."""
     targets = [
-        s.watts for s in work.steps if s.kind is CommandKind.SET_POWER_LIMIT and s.watts is not None
+        s.watts for s in steps if s.kind is CommandKind.SET_POWER_LIMIT and s.watts is not None
     ]
     return float(max(targets)) if targets else float(max_target_watts)
 

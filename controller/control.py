@@ -254,7 +254,7 @@ class ControlLoop:
                     model_watts=round(model_watts),
                 )
         the_plan = plan(fleet, effective, self.config, now, self.previous_plan)
-        if self._needs_fast_shed(capped, fleet, now):
+        if self._needs_fast_shed(capped, fleet, now, model_watts):
             # the grant dropped past the margin: cut targets settle slowly, so cut deeper
             # or sleep some miners if that would be too slow for the grant itself. Only
             # on the drop itself (not on meter corrections, not on later rounds, which
@@ -290,7 +290,9 @@ class ControlLoop:
         self._on_decision(decision)
         return decision
 
-    def _needs_fast_shed(self, capped_watts: float, fleet: FleetState, now: float) -> bool:
+    def _needs_fast_shed(
+        self, capped_watts: float, fleet: FleetState, now: float, model_watts: float
+    ) -> bool:
         """A drop this round, to below what the fleet may still draw minus the margin
         (on the first round: a fleet drawing more than the budget plus the margin).
 
@@ -305,7 +307,7 @@ class ControlLoop:
             # the first round: the draw was never planned by us (a start, a restart),
             # so a fleet over the grant is a drop like any other; cuts alone took a
             # 10,000-miner fleet started at full power ~30 s to bring under it
-            return fleet.assumed_watts() - capped_watts > margin_watts
+            return model_watts - capped_watts > margin_watts
         last = self._recent_capped[-1][1]
         if capped_watts >= last:
             return False

@@ -433,21 +433,19 @@ class PyasicDriver:
         regular = tuple(f for f in include if f in BOSMINER_RPC_FIELDS)
         detail = tuple(f for f in include if f not in BOSMINER_RPC_FIELDS)
         miner = self._miner
-        if not detail or miner is None or not self._lean(miner, regular):
-            state = await self._read(include, timeout)  # one get_data for every field
-            if state.reachable and detail:
-                self._keep_details(MinerDetails(state.temperature_c, state.fan_rpm,
-                                                state.hostname, state.mac))
-            elif state.reachable:
-                self._reads_since_detail += 1
-        else:
+        if detail and miner is not None and self._lean(miner, regular):
             state, details = await asyncio.gather(
                 self._read(regular, timeout), self._read_details(miner, detail, timeout)
             )
-            if state.reachable:
-                self._keep_details(details)
+        else:  # a regular read is lean by itself; else one get_data for every field
+            state = await self._read(include, timeout)
+            details = MinerDetails(state.temperature_c, state.fan_rpm, state.hostname, state.mac)
         if not state.reachable:
             return state
+        if detail:
+            self._keep_details(details)
+        else:
+            self._reads_since_detail += 1
         return dataclasses.replace(
             state, temperature_c=self._temperature_c, fan_rpm=self._fan_rpm,
             hostname=self._hostname, mac=self._mac,
@@ -532,10 +530,10 @@ class PyasicDriver:
             presets = {int(p.power): str(p.name) for p in available
                        if p.power is not None and p.name is not None}
             self._luxos_presets = presets
-        fitting = [w for w in presets if w <= watts]
-        if not fitting:
+        profile_watts = quantised_watts(watts, tuple(presets))
+        if profile_watts is None:
             return False  # as pyasic: no profile at or below the request
-        name = presets[max(fitting)]
+        name = presets[profile_watts]
         atm_on = await miner.atm_enabled()
         if atm_on:
             await rpc.atmset(enabled=False)
