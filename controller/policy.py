@@ -250,6 +250,7 @@ def _largest_step_watts(info: _ModelInfo) -> float:
 
 
 _MINER_ID = attrgetter("miner_id")
+_SUM_NOISE_WATTS = 1e-3  # float noise in watts summed over up to 10,000s of miners
 _NOT_COMMANDED = frozenset(
     {MinerStatus.UNREACHABLE, MinerStatus.UNRESPONSIVE, MinerStatus.EXCLUDED}
 )
@@ -318,7 +319,9 @@ def _limits(
         carried = min(max(ceiling - previous.planned_watts, 0.0), census.largest_step_watts)
         ramp_cap = previous.planned_watts + carried + site.ramp_up_watts_per_second * elapsed
     limit = min(budget_watts, max(ramp_cap, floor_watts))
-    everything_fits = limit >= full_watts
+    # sums of the same draws in another order differ in the last bits: a budget equal
+    # to the fleet's full draw covers it
+    everything_fits = limit >= full_watts - _SUM_NOISE_WATTS
     # hysteresis: raise load only on real headroom, unless the budget covers everything
     raise_allowed = everything_fits or limit - current_watts > site.hysteresis_watts
     margin = 0.0 if everything_fits else site.hysteresis_watts
