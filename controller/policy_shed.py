@@ -38,11 +38,11 @@ def _settle(now_watts: float, level_watts: float, tau_seconds: float,
     return level_watts + max(0.0, now_watts - level_watts) * _decay(tau_seconds, after_seconds)
 
 
-def _draw_now(view: MinerView) -> float:
-    """A running miner's draw now: the last read, unless a target cut sent since has
-    had time to pull it down (it settles from the draw read before it)."""
+def _draw_now(view: MinerView, now_seconds: float) -> float:
+    """A running miner's draw at ``now_seconds``: the last read, unless a target cut
+    sent since has had time to pull it down (it settles from the draw read before it)."""
     now = view.assumed_watts
-    age = view.commanded_age_seconds
+    age = view.commanded_age_seconds(now_seconds)
     if age is None or not view.controllable or view.pending_watts is not None:
         return now
     read = view.measured_watts
@@ -54,14 +54,11 @@ def _draw_now(view: MinerView) -> float:
     return _settle(read, float(target), view.model.power_tau_seconds, age)
 
 
-def _draw_after(view: MinerView, mp: MinerPlan, after_seconds: float,
-                now: float | None = None) -> float:
-    """The miner's expected draw ``after_seconds`` after this plan's command
-    (``now``: its draw now, if already known)."""
+def _draw_after(view: MinerView, mp: MinerPlan, after_seconds: float, now: float) -> float:
+    """The miner's expected draw ``after_seconds`` after this plan's command, from
+    ``now``, its draw now (``_draw_now``)."""
     if not view.controllable or mp.action == "leave" or not view.is_on:
         return mp.planned_watts  # off or not ours: the plan already counts the worst case
-    if now is None:
-        now = _draw_now(view)
     if mp.action == "sleep":
         return _settle(now, float(view.model.sleep_watts), view.model.sleep_tau_seconds,
                        after_seconds)
@@ -150,31 +147,30 @@ def effective_deadline_seconds(the_plan: Plan, fleet: FleetState, deadline_secon
                                allowance_watts: float = 0.0) -> float:
     """The time after the commands by which fast_shed wants the draw within budget."""
     views = fleet.by_id()
-    nows = {mid: _draw_now(view) for mid, view in views.items()}
+    nows = {mid: _draw_now(view, fleet.taken_at_seconds) for mid, view in views.items()}
     return _after_floor(views, nows, the_plan.budget_watts + max(allowance_watts, 0.0),
                         deadline_seconds)
 
 
 def _choose(candidates: list[_Candidate], excess_watts: float,
-            cuts_first: bool) -> tuple[dict[str, MinerPlan], int]:
-    """Least efficient first: (the changed plans, how many of them sleep). With
-    ``cuts_first`` a candidate is cut to its lowest target while the deep cuts of
-    all the candidates left could still cover what is over, else slept."""
+            cuts_first: bool) -> list[tuple[_Candidate, bool]]:
+    """Least efficient first: the candidates changed, each with whether it sleeps
+    (else it is cut to its lowest target). With ``cuts_first`` a candidate is cut
+    while the deep cuts of all the candidates left could still cover what is over,
+    else slept. Plans are built only for the choice kept (10,000-miner drops)."""
     cut_potential = math.fsum(c.cut_gain_watts for c in candidates) if cuts_first else 0.0
-    replaced: dict[str, MinerPlan] = {}
-    slept = 0
+    chosen: list[tuple[_Candidate, bool]] = []
     for c in candidates:
         if excess_watts <= 0:
             break
         if cuts_first and c.cut_gain_watts > 0 and cut_potential >= excess_watts:
-            replaced[c.plan.miner_id] = _cut_deeper(c.view, c.plan)
+            chosen.append((c, False))
             excess_watts -= c.cut_gain_watts
         else:
-            replaced[c.plan.miner_id] = _sleep_instead(c.view, c.plan)
+            chosen.append((c, True))
             excess_watts -= c.sleep_gain_watts
-            slept += 1
         cut_potential -= c.cut_gain_watts
-    return replaced, slept
+    return chosen
 
 
 def fast_shed(the_plan: Plan, fleet: FleetState, deadline_seconds: float,
@@ -200,7 +196,7 @@ def fast_shed(the_plan: Plan, fleet: FleetState, deadline_seconds: float,
     if deadline_seconds <= 0:
         return the_plan
     views = fleet.by_id()
-    nows = {mid: _draw_now(view) for mid, view in views.items()}
+    nows = {mid: _draw_now(view, fleet.taken_at_seconds) for mid, view in views.items()}
     allowance_watts = max(allowance_watts, 0.0)
     deadline_seconds = _after_floor(views, nows, the_plan.budget_watts + allowance_watts,
                                     deadline_seconds)
@@ -212,13 +208,18 @@ def fast_shed(the_plan: Plan, fleet: FleetState, deadline_seconds: float,
     if excess <= 0:
         return the_plan
     candidates = _candidates(the_plan, views, nows, expected, deadline_seconds)
-    replaced, slept = _choose(candidates, excess, cuts_first=True)
-    if max_batch is not None and len(replaced) > max_batch:
-        fewer, fewer_slept = _choose(candidates, excess, cuts_first=False)
-        if len(fewer) < len(replaced):
-            replaced, slept = fewer, fewer_slept
-    if not replaced:
+    chosen = _choose(candidates, excess, cuts_first=True)
+    if max_batch is not None and len(chosen) > max_batch:
+        fewer = _choose(candidates, excess, cuts_first=False)
+        if len(fewer) < len(chosen):
+            chosen = fewer
+    if not chosen:
         return the_plan
+    replaced = {
+        c.plan.miner_id: _sleep_instead(c.view, c.plan) if sleeps else _cut_deeper(c.view, c.plan)
+        for c, sleeps in chosen
+    }
+    slept = sum(sleeps for _, sleeps in chosen)
     removed = [(mp, replaced[mp.miner_id]) for mp in the_plan.miners if mp.miner_id in replaced]
     cuts = len(replaced) - slept
     return dataclasses.replace(

@@ -8,6 +8,7 @@ a miner we cannot read or that ignores us is counted at nameplate by the policy.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 from controller.config import HashgovConfig, MinerConfig, ModelConfig
@@ -20,6 +21,10 @@ BOOT_GRACE_FACTOR = 1.5
 MAX_CONTRADICTIONS = 2
 # An unresponsive miner is given another chance after this long.
 UNRESPONSIVE_RETRY_SECONDS = 300.0
+
+
+# MinerRecord attributes that hold its cached view rather than what we know
+_VIEW_CACHE_FIELDS = frozenset({"cached_view", "view_valid_until"})
 
 
 @dataclass(slots=True)
@@ -37,6 +42,19 @@ class MinerRecord:
     contradictions: int = 0
     pending_watts: float | None = None  # highest draw an in-flight command may lead to
     last_result: CommandResult | None = field(default=None, repr=False)
+    # The policy's view of this record, true until view_valid_until (monotonic s: a
+    # boot grace or an unresponsive spell running out). At 10,000 miners building
+    # every view each round was 40 % of a round; now only the miners read or
+    # commanded since are rebuilt.
+    cached_view: MinerView | None = field(default=None, repr=False, compare=False)
+    view_valid_until: float = field(default=-math.inf, repr=False, compare=False)
+
+    def __setattr__(self, name: str, value: object) -> None:
+        # any change to what we know drops the cached view, whoever makes it
+        # (observe, command_sent, the plan-state restore, a test)
+        object.__setattr__(self, name, value)
+        if name not in _VIEW_CACHE_FIELDS:
+            object.__setattr__(self, "cached_view", None)
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,12 +73,6 @@ def _unseen_command_at(rec: MinerRecord) -> float | None:
     if at is None or (rec.last_state is not None and rec.last_state.read_at_seconds > at):
         return None
     return at
-
-
-def _command_age_seconds(rec: MinerRecord, now_seconds: float) -> float | None:
-    """How long ago a command the last read has not seen yet was confirmed."""
-    at = _unseen_command_at(rec)
-    return None if at is None else max(now_seconds - at, 0.0)
 
 
 class FleetTracker:
@@ -85,6 +97,11 @@ class FleetTracker:
             else:
                 records[miner.miner_id] = MinerRecord(config=miner, model=model)
         self._records = records
+        self._drop_views()  # the poll interval sets boot deadlines
+
+    def _drop_views(self) -> None:
+        for rec in self._records.values():
+            rec.cached_view = None
 
     @property
     def miner_ids(self) -> list[str]:
@@ -97,8 +114,8 @@ class FleetTracker:
 
     def observe(self, state: MinerState) -> None:
         rec = self._records.get(state.miner_id)
-        if rec is None:
-            return
+        if rec is None or state is rec.last_state:
+            return  # a poll hands over the last read again for a miner it missed
         prev = rec.last_state
         rec.last_state = state
         if not state.reachable or state.is_mining is None:
@@ -163,6 +180,8 @@ class FleetTracker:
             rec.pending_watts = None
 
     def set_overrides(self, overrides: Overrides) -> None:
+        if overrides != self.overrides:
+            self._drop_views()
         self.overrides = overrides
 
     def _mark_unresponsive(self, rec: MinerRecord, now_seconds: float, reason: str) -> None:
@@ -182,19 +201,22 @@ class FleetTracker:
             return True
         return cfg.pinned and miner_id not in self.overrides.unpinned
 
-    def _status(self, rec: MinerRecord, now_seconds: float) -> MinerStatus:
+    def _status(self, rec: MinerRecord, now_seconds: float) -> tuple[MinerStatus, float]:
+        """The miner's status and until when it holds (monotonic s) unless the record
+        changes: only a boot grace and an unresponsive spell run out by themselves."""
         state = rec.last_state
         if self._is_excluded(rec.config.miner_id, rec.config):
-            return MinerStatus.EXCLUDED
+            return MinerStatus.EXCLUDED, math.inf
         if rec.unresponsive_since_seconds is not None:
-            if now_seconds - rec.unresponsive_since_seconds < UNRESPONSIVE_RETRY_SECONDS:
-                return MinerStatus.UNRESPONSIVE
+            retry_at = rec.unresponsive_since_seconds + UNRESPONSIVE_RETRY_SECONDS
+            if now_seconds < retry_at:
+                return MinerStatus.UNRESPONSIVE, retry_at
             rec.unresponsive_since_seconds = None  # give it another chance
             rec.contradictions = 0
         if state is None or not state.reachable:
-            return MinerStatus.UNREACHABLE
+            return MinerStatus.UNREACHABLE, math.inf
         if state.is_mining is None and state.watts is None:
-            return MinerStatus.UNREACHABLE  # nothing about its draw: assume the worst
+            return MinerStatus.UNREACHABLE, math.inf  # nothing about its draw: assume the worst
         newer_command = _unseen_command_at(rec) is not None
         if rec.resumed_at_seconds is not None:
             boot_deadline = (
@@ -203,43 +225,47 @@ class FleetTracker:
                 + self._poll_interval_seconds
             )
             if state.is_mining and not newer_command:
-                return MinerStatus.MINING
+                return MinerStatus.MINING, math.inf
             if now_seconds < boot_deadline:
-                return MinerStatus.BOOTING
+                return MinerStatus.BOOTING, boot_deadline
             self._mark_unresponsive(rec, now_seconds, "did not start mining after resume")
-            return MinerStatus.UNRESPONSIVE
+            return MinerStatus.UNRESPONSIVE, now_seconds + UNRESPONSIVE_RETRY_SECONDS
         if newer_command and rec.commanded_on is False:
-            return MinerStatus.SLEEPING
+            return MinerStatus.SLEEPING, math.inf
         if state.is_mining is None:
             # the firmware did not say; trust draw: above sleep level means working
             watts = state.watts or 0.0
-            return MinerStatus.MINING if watts > rec.model.sleep_watts * 3 else MinerStatus.SLEEPING
-        return MinerStatus.MINING if state.is_mining else MinerStatus.SLEEPING
+            working = watts > rec.model.sleep_watts * 3
+            return (MinerStatus.MINING if working else MinerStatus.SLEEPING), math.inf
+        return (MinerStatus.MINING if state.is_mining else MinerStatus.SLEEPING), math.inf
 
     def view(self, miner_id: str, now_seconds: float) -> MinerView:
         rec = self._records[miner_id]
+        cached = rec.cached_view
+        if cached is not None and now_seconds < rec.view_valid_until:
+            return cached
         cfg, state = rec.config, rec.last_state
-        status = self._status(rec, now_seconds)
+        status, valid_until = self._status(rec, now_seconds)
         limit = rec.commanded_target_watts
         if limit is None and state is not None and state.power_limit_watts is not None:
             limit = round(state.power_limit_watts)
-        return MinerView(
+        view = MinerView(
             miner_id=miner_id,
             model=rec.model,
             status=status,
             measured_watts=state.watts if state is not None else None,
             power_limit_watts=limit,
             switched_at_seconds=rec.switched_at_seconds,
-            read_age_seconds=(now_seconds - state.read_at_seconds)
-            if state is not None
-            else float("inf"),
             priority=cfg.priority,
             pinned=self._is_pinned(miner_id, cfg),
             excluded=status is MinerStatus.EXCLUDED,
             verified=status is not MinerStatus.UNRESPONSIVE,
             pending_watts=rec.pending_watts,
-            commanded_age_seconds=_command_age_seconds(rec, now_seconds),
+            commanded_at_seconds=_unseen_command_at(rec),
         )
+        rec.cached_view = view  # after _status, whose own changes drop the cache
+        rec.view_valid_until = valid_until
+        return view
 
     def fleet_state(self, now_seconds: float) -> FleetState:
         return FleetState(

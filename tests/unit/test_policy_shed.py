@@ -40,7 +40,8 @@ def _expected(result_plan: object, fleet: FleetState, deadline: float) -> float:
     """Expected draw ``deadline`` seconds after the physical floor of the drop."""
     deadline = effective_deadline_seconds(result_plan, fleet, deadline)  # type: ignore[arg-type]
     views = fleet.by_id()
-    return math.fsum(_draw_after(views[mp.miner_id], mp, deadline)
+    return math.fsum(_draw_after(views[mp.miner_id], mp, deadline,
+                                 _draw_now(views[mp.miner_id], fleet.taken_at_seconds))
                      for mp in result_plan.miners)  # type: ignore[attr-defined]
 
 
@@ -186,10 +187,11 @@ def test_a_cut_sent_after_the_last_read_counts_as_settling_since_it_was_sent() -
     has long settled."""
     fleet_of = [
         MinerView(miner_id="m00", model=S19J, status=MinerStatus.MINING, measured_watts=3000.0,
-                  power_limit_watts=1100, commanded_age_seconds=age)
+                  power_limit_watts=1100,
+                  commanded_at_seconds=None if age is None else NOW_SECONDS - age)
         for age in (None, 0.0, 3.0, 30.0)
     ]
-    fresh, just_sent, settling, settled = (_draw_now(v) for v in fleet_of)
+    fresh, just_sent, settling, settled = (_draw_now(v, NOW_SECONDS) for v in fleet_of)
     assert fresh == just_sent == 3000.0
     assert 1100.0 < settling < 3000.0
     assert math.isclose(settling, 1100 + 1900 * math.exp(-3.0 / S19J.power_tau_seconds))

@@ -158,8 +158,39 @@ def test_command_age_counts_from_a_command_the_last_read_has_not_seen(
 ) -> None:
     tracker = FleetTracker(config)
     tracker.observe(read("row1-01", 10.0, mining=True))
-    assert tracker.view("row1-01", 11.0).commanded_age_seconds is None
+    assert tracker.view("row1-01", 11.0).commanded_age_seconds(11.0) is None
     tracker.command_sent(result("row1-01", CommandKind.SET_POWER_LIMIT, watts=2000), 12.0)
-    assert tracker.view("row1-01", 14.5).commanded_age_seconds == pytest.approx(2.5)
+    assert tracker.view("row1-01", 14.5).commanded_age_seconds(14.5) == pytest.approx(2.5)
     tracker.observe(read("row1-01", 15.0, mining=True, watts=2000.0))
-    assert tracker.view("row1-01", 16.0).commanded_age_seconds is None, "the read saw it"
+    assert tracker.view("row1-01", 16.0).commanded_age_seconds(16.0) is None, "the read saw it"
+
+
+def test_a_view_is_kept_until_its_miner_changes_or_its_grace_runs_out(
+    config: HashgovConfig,
+) -> None:
+    """Rounds rebuild only the views of miners read or commanded since (10,000-miner
+    sites): an unchanged miner keeps its view, any change or a boot grace running
+    out gives a new one."""
+    tracker = FleetTracker(config)
+    state = read("row1-01", 1.0, mining=True)
+    tracker.observe(state)
+    first = tracker.view("row1-01", 2.0)
+    assert tracker.view("row1-01", 50.0) is first, "nothing changed"
+    tracker.observe(state)  # a poll that missed the miner hands its last read over again
+    assert tracker.view("row1-01", 50.0) is first
+    tracker.observe(read("row1-01", 51.0, mining=True, watts=2500.0))
+    read_again = tracker.view("row1-01", 52.0)
+    assert read_again is not first and read_again.measured_watts == 2500.0
+    # a change made outside the tracker's own methods (the plan-state restore) counts too
+    tracker.record("row1-01").switched_at_seconds = 40.0
+    assert tracker.view("row1-01", 53.0).switched_at_seconds == 40.0
+    tracker.set_overrides(Overrides(pinned=frozenset({"row1-01"})))
+    assert tracker.view("row1-01", 54.0).pinned
+    # stopped, then resumed and not hashing yet: booting, until the grace runs out
+    tracker.command_sent(result("row1-01", CommandKind.STOP), 60.0)
+    tracker.observe(read("row1-01", 61.0, mining=False, watts=30.0))
+    tracker.command_sent(result("row1-01", CommandKind.RESUME), 62.0)
+    booting = tracker.view("row1-01", 63.0)
+    assert booting.status is MinerStatus.BOOTING
+    grace_over = 62.0 + booting.model.boot_seconds * 2 + config.fleet.poll_interval_seconds
+    assert tracker.view("row1-01", grace_over).status is MinerStatus.UNRESPONSIVE
