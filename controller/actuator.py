@@ -2,10 +2,10 @@
 
 Sheds go first and are never queued behind raises: each new plan's sheds start
 at once, while raises of a superseded plan that have not started are dropped.
-When every command slot is busy, waiting stops get the next free slot, then
-cuts, then raises (``controller/slots.py``).
+A bounded pool of workers carries the commands out, taking waiting stops first,
+then cuts, then raises (``controller/command_queue.py``).
 Commands to one miner run in order (set the target, then resume); different
-miners run concurrently up to a bound. A miner whose command failed is backed
+miners run concurrently, one per worker. A miner whose command failed is backed
 off rather than hammered every control period.
 """
 
@@ -13,15 +13,22 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Coroutine, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import structlog
 
 from controller.clock import Clock
+from controller.command_queue import (
+    PRIORITY_CUT,
+    PRIORITY_RAISE,
+    PRIORITY_STOP,
+    CommandQueue,
+    Tally,
+    Ticket,
+)
 from controller.fleet import FleetState, MinerView
 from controller.policy import Plan
-from controller.slots import PRIORITY_CUT, PRIORITY_RAISE, PRIORITY_STOP, PrioritySlots, Tally
 from drivers.base import CommandKind, CommandOutcome, CommandResult, MinerDriver
 
 log = structlog.get_logger("hashgov.actuator")
@@ -100,8 +107,19 @@ def _sheds(view: MinerView, action: str, target_watts: int | None) -> bool:
     return target_watts is not None and target_watts < current
 
 
+def _heads_to_watts(work: MinerCommands) -> float:
+    """The power level a miner's commands take it to (a stop: 0, below any target)."""
+    level = float("inf")
+    for step in work.steps:
+        if step.kind is CommandKind.STOP:
+            return 0.0
+        if step.kind is CommandKind.SET_POWER_LIMIT and step.watts is not None:
+            level = float(step.watts)
+    return level
+
+
 def _priority(work: MinerCommands) -> int:
-    """Stops first, then cuts, then raises (see controller/slots.py)."""
+    """Stops first, then cuts, then raises (see controller/command_queue.py)."""
     if not work.sheds:
         return PRIORITY_RAISE
     stops = any(step.kind is CommandKind.STOP for step in work.steps)
@@ -109,6 +127,22 @@ def _priority(work: MinerCommands) -> int:
 
 
 ResultSink = Callable[[CommandResult], None]
+
+
+@dataclass(slots=True)
+class _Wave:
+    """One plan's sheds still to finish, and the raises that wait for them."""
+
+    generation: int
+    sheds_left: int
+    raises: list[MinerCommands] = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True)
+class _Job:
+    work: MinerCommands
+    priority: int
+    wave: _Wave | None  # the wave this shed counts down; None for a raise
 
 
 class CommandObserver(Protocol):
@@ -142,13 +176,19 @@ class Actuator:
         self._observer = observer
         self._drivers = drivers
         self._clock = clock
-        self._slots = PrioritySlots(max_concurrency)
+        if max_concurrency < 1:
+            raise ValueError(f"max_concurrency must be at least 1, got {max_concurrency}")
+        self._queue: CommandQueue[_Job] = CommandQueue()
+        self._max_workers = max_concurrency
+        self._workers = 0
         self._on_result = on_result
         self.dry_run = dry_run
         self._generation = 0
         self._in_flight: set[str] = set()
         # miner -> generation of the plan whose raise wave it waits in (not started yet)
         self._queued_raises: dict[str, int] = {}
+        # miner -> its job in the queue, not taken by a worker yet
+        self._queued_jobs: dict[str, Ticket[_Job]] = {}
         self._backoff_until: dict[str, float] = {}
         self._failures: dict[str, int] = {}
         self._tasks: set[asyncio.Task[None]] = set()
@@ -173,16 +213,16 @@ class Actuator:
         """Return once no stop is queued for a slot. Fleet reads wait for this: on a
         trip every connection the miners and this host can serve should go to the
         stops; a read can wait a second, the draw over the grant cannot."""
-        await self._slots.backlog_cleared(PRIORITY_STOP)
+        await self._queue.backlog_cleared(PRIORITY_STOP)
 
     async def commands_first(self) -> None:
         """Return once no stop is queued or in flight and no command is queued for a
         slot. Fleet reads wait for this too, for part of each poll only (see
         FleetPoller): the wake-ups after a trip go first as well, but a stop that
         hangs on a dead miner must not hold every read."""
-        while self._stops.count > 0 or self._slots.waiting > 0:
+        while self._stops.count > 0 or self._queue.waiting > 0:
             await self._stops.zero()
-            await self._slots.backlog_cleared()
+            await self._queue.backlog_cleared()
 
     def submit(self, work: Sequence[MinerCommands], headroom_watts: float | None = None) -> int:
         """Start a plan's commands: sheds now, raises after every shed of this plan
@@ -202,6 +242,7 @@ class Actuator:
         for miner_id in list(self._queued_raises):
             del self._queued_raises[miner_id]
             self._finished(miner_id)
+        self._withdraw_stale_jobs(work)
         now = self._clock.monotonic()
         ready = [
             w
@@ -217,22 +258,58 @@ class Actuator:
             self._in_flight.add(w.miner_id)
             if self._observer is not None and w.pending_watts is not None:
                 self._observer.commands_started(w.miner_id, w.pending_watts)
-        shed_tasks = [self._spawn(self._run_miner(w)) for w in sheds]
+        wave = _Wave(generation, len(sheds))
+        for w in sheds:
+            self._enqueue(w, _priority(w), wave)
         if headroom_watts is not None:
             room = headroom_watts
             waiting: list[MinerCommands] = []
             for w in raises:
                 if w.raise_watts <= room:
                     room -= w.raise_watts
-                    self._spawn(self._run_miner(w, PRIORITY_CUT))
+                    self._enqueue(w, PRIORITY_CUT, None)
                 else:
                     waiting.append(w)
             raises = waiting
-        if raises:
-            for w in raises:
-                self._queued_raises[w.miner_id] = generation
-            self._spawn(self._raise_after(shed_tasks, raises, generation))
+        for w in raises:
+            self._queued_raises[w.miner_id] = generation
+        wave.raises = raises
+        if not sheds:
+            self._release_raises(wave)
         return len(ready)
+
+    def _withdraw_stale_jobs(self, work: Sequence[MinerCommands]) -> None:
+        """Jobs no worker has taken yet are partly this plan's to decide, like the
+        waiting raises. A queued raise goes unless this plan asks for it again (one
+        queued before a drop must not run after it). A queued shed stays, unless this
+        plan sheds that miner deeper (a stop for a queued cut): a fast shed's stops
+        hold until carried out, even when the next round would only cut. At 10,000
+        miners cuts queued for a minute, and a drop's stops skipped every miner still
+        queued for one (it was busy)."""
+        if not self._queued_jobs:
+            return
+        wanted = {w.miner_id: w for w in work}
+        for miner_id, ticket in list(self._queued_jobs.items()):
+            queued = ticket.job.work
+            new = wanted.get(miner_id)
+            if new is not None and new.steps == queued.steps:
+                continue  # asked again: keep its place
+            if queued.sheds and not (
+                new is not None and new.sheds and _heads_to_watts(new) < _heads_to_watts(queued)
+            ):
+                continue
+            del self._queued_jobs[miner_id]
+            if self._queue.cancel(ticket):
+                self._job_done(ticket.job)
+
+    def _enqueue(self, work: MinerCommands, priority: int, wave: _Wave | None) -> None:
+        if priority == PRIORITY_STOP:
+            self._stops.add(+1)
+            self._stop_watts += work.shed_watts
+        self._queued_jobs[work.miner_id] = self._queue.put(priority, _Job(work, priority, wave))
+        if self._workers < self._max_workers:
+            self._workers += 1
+            self._spawn(self._worker())
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
         task = asyncio.ensure_future(coro)
@@ -240,37 +317,47 @@ class Actuator:
         task.add_done_callback(self._tasks.discard)
         return task
 
-    async def _raise_after(
-        self, shed_tasks: list[asyncio.Task[None]], raises: list[MinerCommands], generation: int
-    ) -> None:
-        if shed_tasks:
-            await asyncio.gather(*shed_tasks, return_exceptions=True)
-        # a newer plan took back whatever it re-decided (all of them, when one exists)
-        still_ours = [w for w in raises if self._queued_raises.get(w.miner_id) == generation]
-        for w in still_ours:
-            del self._queued_raises[w.miner_id]
-        await asyncio.gather(*(self._run_miner(w) for w in still_ours), return_exceptions=True)
+    def _release_raises(self, wave: _Wave) -> None:
+        """This wave's sheds are done: its raises go, unless a newer plan took them."""
+        for w in wave.raises:
+            if self._queued_raises.get(w.miner_id) == wave.generation:
+                del self._queued_raises[w.miner_id]
+                self._enqueue(w, PRIORITY_RAISE, None)
 
-    async def _run_miner(self, work: MinerCommands, priority: int | None = None) -> None:
-        priority = _priority(work) if priority is None else priority
-        stops = priority == PRIORITY_STOP
-        stop_watts = work.shed_watts if stops else 0.0
-        if stops:
-            self._stops.add(+1)
-            self._stop_watts += stop_watts
+    async def _worker(self) -> None:
+        """Carry out queued jobs, most urgent first, until none is left."""
         try:
-            async with self._slots.slot(priority):
-                for step in work.steps:
-                    result = await self._send(step)
-                    self._record(result)
-                    if not result.ok and result.outcome is not CommandOutcome.UNVERIFIED:
-                        break  # do not resume a miner whose target could not be set, etc.
+            while (job := self._queue.take()) is not None:
+                self._queued_jobs.pop(job.work.miner_id, None)
+                try:
+                    await self._run(job)
+                except Exception as exc:  # one miner's problem must not stop the worker
+                    log.error("actuator_job_failed", miner=job.work.miner_id, error=repr(exc))
         finally:
-            if stops:
-                self._stops.add(-1)
-                # float sums drift: no stop left is exactly none
-                self._stop_watts = self._stop_watts - stop_watts if self._stops.count else 0.0
-            self._finished(work.miner_id)
+            self._workers -= 1
+
+    async def _run(self, job: _Job) -> None:
+        try:
+            for step in job.work.steps:
+                result = await self._send(step)
+                self._record(result)
+                if not result.ok and result.outcome is not CommandOutcome.UNVERIFIED:
+                    break  # do not resume a miner whose target could not be set, etc.
+        finally:
+            self._job_done(job)
+
+    def _job_done(self, job: _Job) -> None:
+        """A job carried out or withdrawn: the miner is free, its wave one shed nearer."""
+        if job.priority == PRIORITY_STOP:
+            self._stops.add(-1)
+            # float sums drift: no stop left is exactly none
+            self._stop_watts = self._stop_watts - job.work.shed_watts if self._stops.count else 0.0
+        self._finished(job.work.miner_id)
+        wave = job.wave
+        if wave is not None:
+            wave.sheds_left -= 1
+            if wave.sheds_left == 0:
+                self._release_raises(wave)
 
     def _finished(self, miner_id: str) -> None:
         self._in_flight.discard(miner_id)

@@ -194,10 +194,51 @@ async def test_stops_overtake_queued_cuts_when_slots_are_busy() -> None:
     )
     await asyncio.sleep(0)
     assert log == [("a", "set_power_limit:2000")]
-    actuator.submit(commands_for(plan_of(("d", "sleep", None)), fleet))
+    # the next plan still wants b and c cut: they keep their place, behind the stop
+    actuator.submit(commands_for(plan_of(("b", "run", 2000), ("c", "run", 2000),
+                                         ("d", "sleep", None)), fleet))
     gate.set()
     await actuator.drain()
     assert [m for m, _ in log] == ["a", "d", "b", "c"]
+
+
+async def test_a_newer_plan_decides_every_command_no_worker_has_taken_yet() -> None:
+    """At 10,000 miners cuts queued for a minute; a drop's stop skipped every miner
+    still queued for one (busy), and a raise queued before a drop still ran."""
+    log, gate, actuator = gated("abcd")
+    fleet = FleetState(0.0, (view("a", MinerStatus.MINING), view("b", MinerStatus.MINING),
+                             view("c", MinerStatus.MINING), view("d", MinerStatus.SLEEPING)))
+    first = commands_for(plan_of(("a", "run", 2000), ("b", "run", 2000), ("c", "run", 2500),
+                                 ("d", "run", 3000)), fleet)
+    actuator.submit(first, headroom_watts=1e6)  # d's raise fits: queued with the cuts
+    await asyncio.sleep(0)
+    assert log == [("a", "set_power_limit:2000")], "one worker: b, c and d wait"
+    # the grant drops: b is to stop, c to be cut as before, d to stay asleep
+    second = commands_for(plan_of(("b", "sleep", None), ("c", "run", 2500)), fleet)
+    assert actuator.submit(second) == 1, "b is free for this plan; c keeps its place"
+    assert actuator.stopping_watts > 0
+    gate.set()
+    await actuator.drain()
+    assert log == [("a", "set_power_limit:2000"), ("b", "stop"), ("c", "set_power_limit:2500")]
+    assert actuator.busy_miners == frozenset() and actuator.stopping_watts == 0.0
+
+
+async def test_a_queued_shed_stays_unless_a_newer_plan_sheds_that_miner_deeper() -> None:
+    """A fast shed's stops hold until carried out, though the next round (no fast
+    shed) would only cut those miners: replaced by cuts, they landed a minute late."""
+    log, gate, actuator = gated("abcd")
+    fleet = mining("abcd")
+    actuator.submit(commands_for(plan_of(("a", "run", 2000), ("b", "sleep", None),
+                                         ("c", "run", 2500), ("d", "run", 2500)), fleet))
+    await asyncio.sleep(0)
+    assert log == [("b", "stop")], "one worker: the stop first, a, c and d wait"
+    # the next round: b is running now; a only cut to 2500, c not at all, d deeper
+    later = commands_for(plan_of(("a", "run", 2500), ("d", "run", 1500)), fleet)
+    assert actuator.submit(later) == 1, "only d is re-decided"
+    gate.set()
+    await actuator.drain()
+    assert sorted(log[1:]) == [("a", "set_power_limit:2000"), ("c", "set_power_limit:2500"),
+                               ("d", "set_power_limit:1500")]
 
 
 async def test_commands_first_waits_for_stops_and_for_queued_commands() -> None:
@@ -318,3 +359,35 @@ async def test_without_a_headroom_every_raise_waits_for_the_sheds() -> None:
     gate.set()
     await actuator.drain()
     assert ("b", "resume") in log
+
+
+async def test_no_more_commands_run_at_once_than_max_concurrency() -> None:
+    """A bounded pool of workers: a 10-miner plan on 3 workers never has more than 3
+    commands with the miners, and every one is carried out."""
+    inside = 0
+    most = 0
+    sent: list[str] = []
+
+    class CountingDriver(FakeDriver):
+        async def _cmd(self, kind: CommandKind, watts: int | None = None) -> CommandResult:
+            nonlocal inside, most
+            inside += 1
+            most = max(most, inside)
+            await asyncio.sleep(0)
+            inside -= 1
+            sent.append(self.miner_id)
+            return CommandResult(self.miner_id, kind, CommandOutcome.OK, 0.01, watts)
+
+    names = "abcdefghij"
+    drivers = {m: CountingDriver(m, [], asyncio.Event()) for m in names}
+    actuator = Actuator(drivers, ManualClock(), max_concurrency=3, on_result=lambda r: None)
+    actuator.submit(commands_for(plan_of(*((m, "run", 2000) for m in names)), mining(names)))
+    await actuator.drain()
+    assert most == 3
+    assert sorted(sent) == list(names)
+    assert actuator.busy_miners == frozenset()
+
+
+def test_max_concurrency_must_be_at_least_one() -> None:
+    with pytest.raises(ValueError, match="at least 1"):
+        Actuator({}, ManualClock(), max_concurrency=0, on_result=lambda r: None)
