@@ -15,7 +15,6 @@ import asyncio
 import contextlib
 import json
 import math
-import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -30,7 +29,6 @@ IN_PROCESS_MAX_MINERS = 300
 MINERS_PER_SHARD = 1_250
 MAX_AUTO_SHARDS = 8
 ADMIN_TIMEOUT_SECONDS = 5.0
-SHARD_NICE = 10  # see _start_shard
 
 
 def auto_shards(count: int) -> int:
@@ -136,11 +134,6 @@ class ShardedFleet:
                 stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
                 stderr=log_file,
             )
-        # The shards stand in for miners' own hardware, which takes no CPU from the
-        # controller's host: below the controller and the bench, they get what those
-        # leave (all of the second core, and more) instead of an equal share with it.
-        with contextlib.suppress(OSError):
-            os.setpriority(os.PRIO_PROCESS, shard.proc.pid, SHARD_NICE)
         assert shard.proc.stdout is not None
         try:  # the CLI prints one line once every listener is bound, then nothing
             line = await asyncio.wait_for(shard.proc.stdout.readline(), self.start_timeout_seconds)
