@@ -210,14 +210,14 @@ class Actuator:
         return self._stop_watts if self._stops.count > 0 else 0.0
 
     async def stops_first(self) -> None:
-        """Return once no stop is queued for a slot. Fleet reads wait for this: on a
+        """Return once no stop waits for a worker. Fleet reads wait for this: on a
         trip every connection the miners and this host can serve should go to the
         stops; a read can wait a second, the draw over the grant cannot."""
         await self._queue.backlog_cleared(PRIORITY_STOP)
 
     async def commands_first(self) -> None:
-        """Return once no stop is queued or in flight and no command is queued for a
-        slot. Fleet reads wait for this too, for part of each poll only (see
+        """Return once no stop is queued or in flight and no command waits for a
+        worker. Fleet reads wait for this too, for part of each poll only (see
         FleetPoller): the wake-ups after a trip go first as well, but a stop that
         hangs on a dead miner must not hold every read."""
         while self._stops.count > 0 or self._queue.waiting > 0:
