@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Coroutine, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import structlog
@@ -135,7 +135,25 @@ class _Wave:
 
     generation: int
     sheds_left: int
-    raises: list[MinerCommands] = field(default_factory=list)
+    raises: list[MinerCommands]
+
+
+def _raises_within(
+    raises: list[MinerCommands], headroom_watts: float | None
+) -> tuple[list[MinerCommands], list[MinerCommands]]:
+    """(the raises that fit in the headroom, in the plan's order; the rest)."""
+    if headroom_watts is None:
+        return [], raises
+    room = headroom_watts
+    fitting: list[MinerCommands] = []
+    waiting: list[MinerCommands] = []
+    for w in raises:
+        if w.raise_watts <= room:
+            room -= w.raise_watts
+            fitting.append(w)
+        else:
+            waiting.append(w)
+    return fitting, waiting
 
 
 @dataclass(frozen=True, slots=True)
@@ -258,22 +276,14 @@ class Actuator:
             self._in_flight.add(w.miner_id)
             if self._observer is not None and w.pending_watts is not None:
                 self._observer.commands_started(w.miner_id, w.pending_watts)
-        wave = _Wave(generation, len(sheds))
+        raise_now, raises = _raises_within(raises, headroom_watts)
+        wave = _Wave(generation, len(sheds), raises)
         for w in sheds:
             self._enqueue(w, _priority(w), wave)
-        if headroom_watts is not None:
-            room = headroom_watts
-            waiting: list[MinerCommands] = []
-            for w in raises:
-                if w.raise_watts <= room:
-                    room -= w.raise_watts
-                    self._enqueue(w, PRIORITY_CUT, None)
-                else:
-                    waiting.append(w)
-            raises = waiting
+        for w in raise_now:
+            self._enqueue(w, PRIORITY_CUT, None)
         for w in raises:
             self._queued_raises[w.miner_id] = generation
-        wave.raises = raises
         if not sheds:
             self._release_raises(wave)
         return len(ready)

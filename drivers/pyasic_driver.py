@@ -439,7 +439,11 @@ class PyasicDriver:
             )
         else:  # a regular read is lean by itself; else one get_data for every field
             state = await self._read(include, timeout)
-            details = MinerDetails(state.temperature_c, state.fan_rpm, state.hostname, state.mac)
+            details = (  # only a detail read's are kept (a regular read asks for none)
+                MinerDetails(state.temperature_c, state.fan_rpm, state.hostname, state.mac)
+                if detail
+                else None
+            )
         if not state.reachable:
             return state
         if detail:
