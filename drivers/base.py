@@ -6,9 +6,10 @@ garbage replies, comes back as a typed value the controller can count.
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Protocol
+from typing import Protocol, TypeAlias
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,6 +62,10 @@ class CommandResult:
         return self.outcome is CommandOutcome.OK
 
 
+# A command sent and accepted, not yet read back: await it for the verified result.
+Readback: TypeAlias = Callable[[], Awaitable[CommandResult]]
+
+
 class MinerDriver(Protocol):
     """What the controller needs from one miner."""
 
@@ -72,5 +77,12 @@ class MinerDriver(Protocol):
     async def set_power_limit(self, watts: int) -> CommandResult: ...
 
     async def stop(self) -> CommandResult: ...
+
+    async def send_stop(self) -> CommandResult | Readback:
+        """``stop`` in two halves: the failure, or once the miner accepted the stop,
+        the readback that verifies it. On a trip the actuator sends every stop
+        before it reads any back: the draw falls when a stop lands, not when it is
+        verified."""
+        ...
 
     async def resume(self) -> CommandResult: ...

@@ -29,7 +29,14 @@ import structlog
 
 from controller.clock import Clock, SystemClock
 from controller.config import FleetConfig, HashgovConfig, MinerConfig, ModelConfig
-from drivers.base import CommandKind, CommandOutcome, CommandResult, MinerDriver, MinerState
+from drivers.base import (
+    CommandKind,
+    CommandOutcome,
+    CommandResult,
+    MinerDriver,
+    MinerState,
+    Readback,
+)
 from drivers.credentials import CredentialStore, MinerCredentials, load_credentials, redact
 from drivers.mapping import (
     BOSMINER_LEAN_COMMANDS,
@@ -555,15 +562,18 @@ class PyasicDriver:
             return False
 
     async def stop(self) -> CommandResult:
-        async def verify() -> tuple[bool, str, int | None]:
-            state = await self._read(
-                mining_readback(self._firmware), self._settings.read_timeout_seconds
-            )
-            if not state.reachable:
-                return False, f"readback failed: {state.error}", None
-            return state.is_mining is False, f"hashrate {_fmt(state.hashrate_ths)} TH/s, draw {_fmt(state.watts)} W", None
+        return await self._command(CommandKind.STOP, lambda m: m.stop_mining(), self._stopped, None)
 
-        return await self._command(CommandKind.STOP, lambda m: m.stop_mining(), verify, None)
+    async def send_stop(self) -> CommandResult | Readback:
+        return await self._send_command(
+            CommandKind.STOP, lambda m: m.stop_mining(), self._stopped, None
+        )
+
+    async def _stopped(self) -> tuple[bool, str, int | None]:
+        state = await self._read(mining_readback(self._firmware), self._settings.read_timeout_seconds)
+        if not state.reachable:
+            return False, f"readback failed: {state.error}", None
+        return state.is_mining is False, f"hashrate {_fmt(state.hashrate_ths)} TH/s, draw {_fmt(state.watts)} W", None
 
     async def resume(self) -> CommandResult:
         async def verify() -> tuple[bool, str, int | None]:
@@ -586,22 +596,58 @@ class PyasicDriver:
         verify: Callable[[], Awaitable[tuple[bool, str, int | None]]],
         watts: int | None,
     ) -> CommandResult:
+        sent = await self._send_command(kind, send, verify, watts)
+        return sent if isinstance(sent, CommandResult) else await sent()
+
+    async def _send_command(
+        self,
+        kind: CommandKind,
+        send: Callable[[Any], Awaitable[Any]],
+        verify: Callable[[], Awaitable[tuple[bool, str, int | None]]],
+        watts: int | None,
+    ) -> CommandResult | Readback:
+        """Send with retries: the failure, or the readback that verifies the command."""
         started = self._clock.monotonic()
         try:
-            result = await self._command_attempts(kind, send, verify, watts, started)
+            failure = await self._command_attempts(kind, send, watts, started)
         except Exception as exc:  # never raise to the controller
-            result = self._result(
+            failure = self._result(
                 kind, CommandOutcome.ERROR, self._clock.monotonic() - started, watts,
                 self._describe(exc),
             )
+        if failure is not None:
+            return self._logged(failure)
+        return functools.partial(self._read_back, kind, verify, watts, started)
+
+    async def _read_back(
+        self,
+        kind: CommandKind,
+        verify: Callable[[], Awaitable[tuple[bool, str, int | None]]],
+        watts: int | None,
+        started: float,
+    ) -> CommandResult:
+        try:
+            ok, detail, applied = await self._verify(verify)
+        except Exception as exc:  # never raise to the controller
+            ok, detail, applied = False, self._describe(exc), None
+        return self._logged(self._result(
+            kind,
+            CommandOutcome.OK if ok else CommandOutcome.UNVERIFIED,
+            self._clock.monotonic() - started,
+            watts,
+            detail if ok else f"accepted, not seen in readback: {detail}",
+            applied,
+        ))
+
+    def _logged(self, result: CommandResult) -> CommandResult:
         log_method = log.debug if result.ok else log.warning
         log_method(
             "driver.command",
             miner_id=self._miner_id,
-            kind=kind.value,
+            kind=result.kind.value,
             outcome=result.outcome.value,
             latency_seconds=round(result.latency_seconds, 3),
-            requested_watts=watts,
+            requested_watts=result.requested_watts,
             applied_watts=result.applied_watts,
             detail=result.detail,
         )
@@ -611,10 +657,10 @@ class PyasicDriver:
         self,
         kind: CommandKind,
         send: Callable[[Any], Awaitable[Any]],
-        verify: Callable[[], Awaitable[tuple[bool, str, int | None]]],
         watts: int | None,
         started: float,
-    ) -> CommandResult:
+    ) -> CommandResult | None:
+        """Send until accepted (None) or out of attempts (the last failure)."""
         s = self._settings
         attempts = s.command_retries + 1
         last: _Failure = _Failure(CommandOutcome.ERROR, "not attempted")
@@ -647,15 +693,7 @@ class PyasicDriver:
                     f"power limit now {_fmt(limit)} W",
                     round(limit) if kind is CommandKind.SET_POWER_LIMIT and limit is not None else None,
                 )
-            ok, detail, applied = await self._verify(verify)
-            return self._result(
-                kind,
-                CommandOutcome.OK if ok else CommandOutcome.UNVERIFIED,
-                self._clock.monotonic() - started,
-                watts,
-                detail if ok else f"accepted, not seen in readback: {detail}",
-                applied,
-            )
+            return None
         suffix = f" (after {attempts} attempts)" if attempts > 1 else ""
         return self._result(
             kind, last.outcome, self._clock.monotonic() - started, watts, last.detail + suffix

@@ -13,7 +13,7 @@ from controller.clock import ManualClock
 from controller.config import load_config
 from controller.fleet import FleetState, MinerStatus, MinerView
 from controller.policy import MinerPlan, Plan
-from drivers.base import CommandKind, CommandOutcome, CommandResult, MinerState
+from drivers.base import CommandKind, CommandOutcome, CommandResult, MinerState, Readback
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "deploy" / "hashgov.example.toml"
 MODEL = load_config(EXAMPLE).fleet.models[0]  # S19j Pro braiins: 1100..3000 W
@@ -45,11 +45,13 @@ class FakeDriver:
         log: list[tuple[str, str]],
         gate: asyncio.Event,
         outcome: CommandOutcome = CommandOutcome.OK,
+        readbacks: list[tuple[str, str]] | None = None,
     ) -> None:
         self.miner_id = mid
         self.log = log
         self.gate = gate
         self.outcome = outcome
+        self.readbacks = [] if readbacks is None else readbacks  # (miner, "readback")
 
     async def read_state(self) -> MinerState:
         return MinerState(self.miner_id, True, 0.0)
@@ -64,6 +66,17 @@ class FakeDriver:
 
     async def stop(self) -> CommandResult:
         return await self._cmd(CommandKind.STOP)
+
+    async def send_stop(self) -> CommandResult | Readback:
+        sent = await self._cmd(CommandKind.STOP)
+        if sent.outcome not in (CommandOutcome.OK, CommandOutcome.UNVERIFIED):
+            return sent
+
+        async def readback() -> CommandResult:
+            self.readbacks.append((self.miner_id, "readback"))
+            return sent
+
+        return readback
 
     async def resume(self) -> CommandResult:
         return await self._cmd(CommandKind.RESUME)
@@ -200,6 +213,55 @@ async def test_stops_overtake_queued_cuts_when_slots_are_busy() -> None:
     gate.set()
     await actuator.drain()
     assert [m for m, _ in log] == ["a", "d", "b", "c"]
+
+
+async def test_a_trips_stops_are_all_sent_before_any_is_read_back() -> None:
+    """The draw falls when a stop lands, not when it is verified: every stop goes
+    out first, then the readbacks, then the cuts. A stopped miner stays busy, and
+    its result is recorded, only once read back."""
+    log: list[tuple[str, str]] = []
+    results: list[tuple[str, str]] = []
+    seen_at_first_result: list[object] = []
+    gate = asyncio.Event()
+    gate.set()
+    drivers = {m: FakeDriver(m, log, gate, readbacks=log) for m in "abcd"}
+
+    def on_result(r: CommandResult) -> None:
+        if not results:
+            seen_at_first_result.extend([list(log), actuator.stopping_watts,
+                                         actuator.busy_miners])
+        results.append((r.miner_id, str(r.kind)))
+
+    actuator = Actuator(drivers, ManualClock(), max_concurrency=1, on_result=on_result)
+    fleet = mining("abcd")
+    actuator.submit(commands_for(plan_of(("a", "sleep", None), ("b", "sleep", None),
+                                         ("c", "sleep", None), ("d", "run", 2000)), fleet))
+    stopping_watts = actuator.stopping_watts
+    await actuator.drain()
+    assert seen_at_first_result == [
+        [("a", "stop"), ("b", "stop"), ("c", "stop"), ("a", "readback")],
+        stopping_watts,  # counted until read back: the meter sees a stop only as it ramps
+        frozenset("abcd"),  # none free before its readback
+    ]
+    assert stopping_watts > 0 and actuator.stopping_watts == 0.0
+    assert log[3:] == [("a", "readback"), ("b", "readback"), ("c", "readback"),
+                       ("d", "set_power_limit:2000")]
+    assert results == [("a", "stop"), ("b", "stop"), ("c", "stop"), ("d", "set_power_limit")]
+    assert actuator.busy_miners == frozenset()
+
+
+async def test_a_stop_that_fails_to_send_is_recorded_and_never_read_back() -> None:
+    log: list[tuple[str, str]] = []
+    results: list[CommandResult] = []
+    gate = asyncio.Event()
+    gate.set()
+    drivers = {"a": FakeDriver("a", log, gate, CommandOutcome.TIMEOUT, readbacks=log)}
+    actuator = Actuator(drivers, ManualClock(), max_concurrency=1, on_result=results.append)
+    actuator.submit(commands_for(plan_of(("a", "sleep", None)), mining("a")))
+    await actuator.drain()
+    assert log == [("a", "stop")]
+    assert [r.outcome for r in results] == [CommandOutcome.TIMEOUT]
+    assert actuator.busy_miners == frozenset() and actuator.stopping_watts == 0.0
 
 
 async def test_a_newer_plan_decides_every_command_no_worker_has_taken_yet() -> None:

@@ -199,6 +199,26 @@ async def test_stop_and_resume_verified() -> None:
     assert (await driver.resume()).ok
 
 
+async def test_a_stop_sent_is_read_back_only_when_asked() -> None:
+    """send_stop returns once the miner accepted; the readback comes later."""
+    fake = FakeMiner()
+    driver = _driver(fake)
+    readback = await driver.send_stop()
+    assert callable(readback) and not fake.mining
+    reads_before = len(fake.calls)
+    result = await readback()
+    assert result.ok and result.kind.value == "stop"
+    assert len(fake.calls) > reads_before, "the readback reads the miner"
+    fake.obey = False
+    fake.mining = True
+    readback = await driver.send_stop()
+    assert callable(readback)
+    assert (await readback()).outcome is CommandOutcome.UNVERIFIED
+    fake.fail_next = ["hang", "hang", "hang"]
+    failed = await driver.send_stop()
+    assert not callable(failed) and failed.outcome is CommandOutcome.TIMEOUT
+
+
 async def test_transient_errors_are_retried() -> None:
     fake = FakeMiner()
     fake.fail_next = [ConnectionResetError("reset"), KeyError("GROUPS")]
@@ -329,6 +349,9 @@ class ScriptedDriver:
         raise NotImplementedError
 
     async def stop(self) -> Any:
+        raise NotImplementedError
+
+    async def send_stop(self) -> Any:
         raise NotImplementedError
 
     async def resume(self) -> Any:
