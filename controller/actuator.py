@@ -4,7 +4,7 @@ Sheds go first and are never queued behind raises: each new plan's sheds start
 at once, while raises of a superseded plan that have not started are dropped.
 A bounded pool of workers carries the commands out, taking waiting stops first,
 then cuts, then raises (``controller/command_queue.py``). A stop is sent at once
-and read back later, once no other stop waits: a trip's draw falls as its stops
+and read back later, once no stop or cut waits: a trip's draw falls as its stops
 land, and reading each back before sending the next had cost ~40 % of the time
 the draw stayed over the grant.
 Commands to one miner run in order (set the target, then resume); different

@@ -3,9 +3,9 @@
 A first-come, first-served queue would let a trip's stops wait behind hundreds of
 one-step target changes from earlier rounds while the draw stays over the grant.
 Here the workers always take the lowest priority number first: stops before cuts
-before raises. A stop is read back only once no other stop waits to be sent, and
-before the cuts: the readback sheds nothing, and the cuts already waited for it
-when a stop and its readback were one job. The counts can be awaited (fleet reads give way to a backlog).
+before raises. A stop is read back after the stops and cuts waiting to be sent,
+before the raises: the readback sheds nothing, and a drop of 10,000 miners needs
+its cuts too. The counts can be awaited (fleet reads give way to a backlog).
 
 Jobs wait in plain deques and a fixed pool of workers takes them: a 10,000-miner
 round used to start one task per miner, each parked on a slot, which cost ~0.1 s
@@ -20,10 +20,10 @@ from typing import Generic, TypeVar
 
 # Priorities (lower goes first).
 PRIORITY_STOP = 0  # sheds a whole miner: the most watts per command
-PRIORITY_STOP_READBACK = 1  # verifies a stop already sent: sheds nothing more
-PRIORITY_CUT = 2  # lowers a target
+PRIORITY_CUT = 1  # lowers a target
+PRIORITY_STOP_READBACK = 2  # verifies a stop already sent: sheds nothing more
 PRIORITY_RAISE = 3  # adds load: never ahead of anything that sheds
-PRIORITIES = (PRIORITY_STOP, PRIORITY_STOP_READBACK, PRIORITY_CUT, PRIORITY_RAISE)
+PRIORITIES = (PRIORITY_STOP, PRIORITY_CUT, PRIORITY_STOP_READBACK, PRIORITY_RAISE)
 
 Job = TypeVar("Job")
 

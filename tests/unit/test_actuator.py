@@ -217,7 +217,7 @@ async def test_stops_overtake_queued_cuts_when_slots_are_busy() -> None:
 
 async def test_a_trips_stops_are_all_sent_before_any_is_read_back() -> None:
     """The draw falls when a stop lands, not when it is verified: every stop goes
-    out first, then the readbacks, then the cuts. A stopped miner stays busy, and
+    out first, then the cuts, then the readbacks. A stopped miner stays busy, and
     its result is recorded, only once read back."""
     log: list[tuple[str, str]] = []
     results: list[tuple[str, str]] = []
@@ -239,14 +239,13 @@ async def test_a_trips_stops_are_all_sent_before_any_is_read_back() -> None:
     stopping_watts = actuator.stopping_watts
     await actuator.drain()
     assert seen_at_first_result == [
-        [("a", "stop"), ("b", "stop"), ("c", "stop"), ("a", "readback")],
+        [("a", "stop"), ("b", "stop"), ("c", "stop"), ("d", "set_power_limit:2000")],
         stopping_watts,  # counted until read back: the meter sees a stop only as it ramps
-        frozenset("abcd"),  # none free before its readback
+        frozenset("abcd"),  # none free before its readback (d: its cut is being recorded)
     ]
     assert stopping_watts > 0 and actuator.stopping_watts == 0.0
-    assert log[3:] == [("a", "readback"), ("b", "readback"), ("c", "readback"),
-                       ("d", "set_power_limit:2000")]
-    assert results == [("a", "stop"), ("b", "stop"), ("c", "stop"), ("d", "set_power_limit")]
+    assert log[4:] == [("a", "readback"), ("b", "readback"), ("c", "readback")]
+    assert results == [("d", "set_power_limit"), ("a", "stop"), ("b", "stop"), ("c", "stop")]
     assert actuator.busy_miners == frozenset()
 
 
