@@ -15,9 +15,10 @@ off rather than hammered every control period.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Coroutine, Mapping, Sequence
+import dataclasses
+from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import structlog
 
@@ -131,6 +132,17 @@ def _priority(work: MinerCommands) -> int:
 
 
 ResultSink = Callable[[CommandResult], None]
+_R = TypeVar("_R")
+
+
+def _carry_out(driver: MinerDriver, cmd: Command) -> Awaitable[CommandResult]:
+    """The driver call for one command, verified by readback before it returns."""
+    if cmd.kind is CommandKind.STOP:
+        return driver.stop()
+    if cmd.kind is CommandKind.RESUME:
+        return driver.resume()
+    assert cmd.watts is not None
+    return driver.set_power_limit(cmd.watts)
 
 
 @dataclass(slots=True)
@@ -160,7 +172,7 @@ def _raises_within(
     return fitting, waiting
 
 
-@dataclass(slots=True)
+@dataclass(frozen=True, slots=True)
 class _Job:
     work: MinerCommands
     priority: int
@@ -353,17 +365,17 @@ class Actuator:
             self._workers -= 1
 
     async def _run(self, job: _Job) -> None:
-        read_back_later = False
+        readback: Readback | None = None
         try:
             if job.readback is not None:
-                self._record(await self._read_back(job.work.steps[0], job.readback))
+                self._record(await self._guarded(job.work.steps[0], job.readback))
             elif job.priority == PRIORITY_STOP and len(job.work.steps) == 1:
-                read_back_later = await self._send_stop(job)
+                readback = await self._send_stop(job.work.steps[0])
             else:
                 await self._run_steps(job.work.steps)
         finally:
-            if read_back_later:  # the miner stays busy until its stop is verified
-                self._queue.put(PRIORITY_STOP_READBACK, job)
+            if readback is not None:  # the miner stays busy until its stop is verified
+                self._queue.put(PRIORITY_STOP_READBACK, dataclasses.replace(job, readback=readback))
             else:
                 self._job_done(job)
 
@@ -374,27 +386,13 @@ class Actuator:
             if not result.ok and result.outcome is not CommandOutcome.UNVERIFIED:
                 break  # do not resume a miner whose target could not be set, etc.
 
-    async def _send_stop(self, job: _Job) -> bool:
-        """Send a stop; True when accepted and its readback is left for later."""
-        driver = self._drivers.get(job.work.miner_id)
-        if driver is None:
-            sent: CommandResult | Readback = await self._send(job.work.steps[0])
-        else:
-            try:
-                sent = await driver.send_stop()
-            except Exception as exc:  # drivers must not raise; if one does, it is one miner's
-                sent = self._driver_raised(job.work.steps[0], exc)
+    async def _send_stop(self, cmd: Command) -> Readback | None:
+        """Send a stop: its readback, left for later; None when it failed (recorded)."""
+        sent = await self._call_driver(cmd, lambda driver: driver.send_stop())
         if isinstance(sent, CommandResult):
             self._record(sent)
-            return False
-        job.readback = sent
-        return True
-
-    async def _read_back(self, cmd: Command, readback: Readback) -> CommandResult:
-        try:
-            return await readback()
-        except Exception as exc:  # drivers must not raise; if one does, it is one miner's
-            return self._driver_raised(cmd, exc)
+            return None
+        return sent
 
     def _job_done(self, job: _Job) -> None:
         """A job carried out or withdrawn: the miner is free, its wave one shed nearer."""
@@ -415,26 +413,28 @@ class Actuator:
             self._observer.commands_finished(miner_id)
 
     async def _send(self, cmd: Command) -> CommandResult:
+        return await self._call_driver(cmd, lambda driver: _carry_out(driver, cmd))
+
+    async def _call_driver(
+        self, cmd: Command, call: Callable[[MinerDriver], Awaitable[_R]]
+    ) -> _R | CommandResult:
+        """``call`` on the command's miner's driver; no driver is an ERROR result."""
         driver = self._drivers.get(cmd.miner_id)
         if driver is None:
             return CommandResult(
                 cmd.miner_id, cmd.kind, CommandOutcome.ERROR, 0.0, cmd.watts, "no driver"
             )
-        try:
-            if cmd.kind is CommandKind.STOP:
-                return await driver.stop()
-            if cmd.kind is CommandKind.RESUME:
-                return await driver.resume()
-            assert cmd.watts is not None
-            return await driver.set_power_limit(cmd.watts)
-        except Exception as exc:  # drivers must not raise; if one does, it is one miner's problem
-            return self._driver_raised(cmd, exc)
+        return await self._guarded(cmd, lambda: call(driver))
 
-    def _driver_raised(self, cmd: Command, exc: Exception) -> CommandResult:
-        log.error("driver_raised", miner=cmd.miner_id, kind=str(cmd.kind), error=repr(exc))
-        return CommandResult(
-            cmd.miner_id, cmd.kind, CommandOutcome.ERROR, 0.0, cmd.watts, "driver raised"
-        )
+    async def _guarded(self, cmd: Command, call: Callable[[], Awaitable[_R]]) -> _R | CommandResult:
+        """Drivers must not raise; if one does, it is one miner's problem (an ERROR)."""
+        try:
+            return await call()
+        except Exception as exc:
+            log.error("driver_raised", miner=cmd.miner_id, kind=str(cmd.kind), error=repr(exc))
+            return CommandResult(
+                cmd.miner_id, cmd.kind, CommandOutcome.ERROR, 0.0, cmd.watts, "driver raised"
+            )
 
     def _record(self, result: CommandResult) -> None:
         mid = result.miner_id

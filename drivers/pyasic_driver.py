@@ -61,6 +61,10 @@ log = structlog.get_logger("hashgov.drivers")
 
 MAX_DETAIL_CHARS = 300
 
+# A command's call on the pyasic miner, and its readback: (seen, detail, applied W).
+_Send = Callable[[Any], Awaitable[Any]]
+_Verify = Callable[[], Awaitable[tuple[bool, str, int | None]]]
+
 
 @dataclass(frozen=True, slots=True)
 class DriverSettings:
@@ -512,9 +516,9 @@ class PyasicDriver:
                 watts,
                 f"no profile at or below {watts} W (profiles {list(self._profiles_watts or ())})",
             )
-        return await self._command(
+        return await _completed(await self._send_command(
             CommandKind.SET_POWER_LIMIT, lambda m: self._set_limit(m, watts), verify, watts
-        )
+        ))
 
     async def _set_limit(self, miner: Any, watts: int) -> Any:
         rpc = getattr(miner, "rpc", None)
@@ -562,7 +566,7 @@ class PyasicDriver:
             return False
 
     async def stop(self) -> CommandResult:
-        return await self._command(CommandKind.STOP, lambda m: m.stop_mining(), self._stopped, None)
+        return await _completed(await self.send_stop())
 
     async def send_stop(self) -> CommandResult | Readback:
         return await self._send_command(
@@ -587,24 +591,12 @@ class PyasicDriver:
             )
             return awake, f"hashrate {_fmt(state.hashrate_ths)} TH/s, draw {_fmt(state.watts)} W", None
 
-        return await self._command(CommandKind.RESUME, lambda m: m.resume_mining(), verify, None)
-
-    async def _command(
-        self,
-        kind: CommandKind,
-        send: Callable[[Any], Awaitable[Any]],
-        verify: Callable[[], Awaitable[tuple[bool, str, int | None]]],
-        watts: int | None,
-    ) -> CommandResult:
-        sent = await self._send_command(kind, send, verify, watts)
-        return sent if isinstance(sent, CommandResult) else await sent()
+        return await _completed(await self._send_command(
+            CommandKind.RESUME, lambda m: m.resume_mining(), verify, None
+        ))
 
     async def _send_command(
-        self,
-        kind: CommandKind,
-        send: Callable[[Any], Awaitable[Any]],
-        verify: Callable[[], Awaitable[tuple[bool, str, int | None]]],
-        watts: int | None,
+        self, kind: CommandKind, send: _Send, verify: _Verify, watts: int | None
     ) -> CommandResult | Readback:
         """Send with retries: the failure, or the readback that verifies the command."""
         started = self._clock.monotonic()
@@ -620,11 +612,7 @@ class PyasicDriver:
         return functools.partial(self._read_back, kind, verify, watts, started)
 
     async def _read_back(
-        self,
-        kind: CommandKind,
-        verify: Callable[[], Awaitable[tuple[bool, str, int | None]]],
-        watts: int | None,
-        started: float,
+        self, kind: CommandKind, verify: _Verify, watts: int | None, started: float
     ) -> CommandResult:
         try:
             ok, detail, applied = await self._verify(verify)
@@ -656,7 +644,7 @@ class PyasicDriver:
     async def _command_attempts(
         self,
         kind: CommandKind,
-        send: Callable[[Any], Awaitable[Any]],
+        send: _Send,
         watts: int | None,
         started: float,
     ) -> CommandResult | None:
@@ -699,9 +687,7 @@ class PyasicDriver:
             kind, last.outcome, self._clock.monotonic() - started, watts, last.detail + suffix
         )
 
-    async def _verify(
-        self, verify: Callable[[], Awaitable[tuple[bool, str, int | None]]]
-    ) -> tuple[bool, str, int | None]:
+    async def _verify(self, verify: _Verify) -> tuple[bool, str, int | None]:
         s = self._settings
         deadline = time.monotonic() + s.verify_window_seconds
         while True:
@@ -728,6 +714,11 @@ class PyasicDriver:
             detail=self._clean(detail),
             applied_watts=applied_watts,
         )
+
+
+async def _completed(sent: CommandResult | Readback) -> CommandResult:
+    """A command sent: its failure as it is, else the readback's verdict."""
+    return sent if isinstance(sent, CommandResult) else await sent()
 
 
 def classify_exception(exc: BaseException) -> CommandOutcome:
