@@ -359,6 +359,9 @@ class FleetConfig(_Strict):
     # Braiins temperatures, fans and identity (gRPC, ~5x a power read in CPU): this
     # often per miner; the power fields come with every poll regardless
     detail_interval_seconds: PosFloat = 60.0
+    # Braiins: keep one gRPC connection per miner open between commands (about half
+    # the CPU per command on both sides); false = pyasic's new connection per call
+    keep_grpc_connections: bool = True
     credentials_file: Path | None = None
 
     @model_validator(mode="after")

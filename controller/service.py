@@ -47,6 +47,7 @@ from controller.telemetry import REJECTION_REASONS, Reading, Rejection, Telemetr
 from controller.tracker import FleetTracker
 from drivers.base import CommandResult, MinerDriver
 from drivers.credentials import CredentialsError, load_credentials
+from drivers.open_files import raise_open_files_limit
 from drivers.poller import FleetPoller
 from drivers.pyasic_driver import build_drivers
 
@@ -464,7 +465,7 @@ class Service:
         for miner_id in fresh.keys() - self.drivers.keys():
             self.drivers[miner_id] = fresh[miner_id]
         for miner_id in self.drivers.keys() - fresh.keys():
-            del self.drivers[miner_id]
+            self._spawn(self.drivers.pop(miner_id).close())
         self.shadow = self.options.dry_run or new.site.mode == "shadow"
         self.actuator.dry_run = self.shadow
         self.metrics.set_flags(shadow_mode=self.shadow)
@@ -518,12 +519,14 @@ class Service:
             # e.g. plaintext to a remote broker without allow_insecure, unreadable secrets
             log.error("config_refused", error=str(exc))
             return EX_CONFIG
+        open_files = raise_open_files_limit()  # kept miner connections are descriptors
         loop = asyncio.get_running_loop()
         loop.add_signal_handler(signal.SIGTERM, self.request_stop)
         loop.add_signal_handler(signal.SIGINT, self.request_stop)
         loop.add_signal_handler(signal.SIGHUP, self.reload)
         log.info(
-            "starting", config=str(self.config_path), miners=len(self.drivers), shadow=self.shadow
+            "starting", config=str(self.config_path), miners=len(self.drivers), shadow=self.shadow,
+            open_files_limit=open_files,
         )
         if config.metrics.enabled:
             self.metrics_port = await self.metrics.serve(config.metrics.listen, config.metrics.port)
@@ -552,6 +555,8 @@ class Service:
             await self.metrics.stop()
             for task in list(self._background):
                 task.cancel()
+            for driver in self.drivers.values():
+                await driver.close()
         log.info("stopped", exit_code=code)
         return code
 

@@ -16,6 +16,7 @@ Rules (see docs/drivers.md):
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import functools
 import logging
@@ -80,6 +81,9 @@ class DriverSettings:
     # BOSer: every Nth read also fetches boards (temperatures) and fans; between
     # those, the last temperature/fans are carried forward (1 = always)
     detail_every_reads: int = 6
+    # BOSer: one gRPC connection kept per miner (drivers/boser_channel.py) instead
+    # of pyasic's connection per call
+    keep_grpc_connections: bool = True
 
     @classmethod
     def from_fleet(cls, fleet: FleetConfig) -> DriverSettings:
@@ -91,6 +95,7 @@ class DriverSettings:
             detail_every_reads=max(
                 1, round(fleet.detail_interval_seconds / fleet.poll_interval_seconds)
             ),
+            keep_grpc_connections=fleet.keep_grpc_connections,
         )
 
 
@@ -228,6 +233,7 @@ class PyasicDriver:
         # one pays for every miner's gRPC at once: the first read is lean for most.
         every = max(1, self._settings.detail_every_reads)
         self._reads_since_detail = zlib.crc32(self._miner_id.encode()) % every
+        self._first_read = True  # BOSer: the first read also opens the kept gRPC connection
         self._detect_lock = asyncio.Lock()
         self._luxos_presets: dict[int, str] | None = None  # profile watts -> name
         self._miner: Any = None
@@ -289,7 +295,43 @@ class PyasicDriver:
     def _adopt(self, pyasic_miner: Any, firmware: FirmwareKind) -> None:
         self._miner = pyasic_miner
         self._firmware = firmware
+        self._keep_grpc_connection(pyasic_miner)
         self._apply_credentials(pyasic_miner)
+
+    def _keep_grpc_connection(self, pyasic_miner: Any) -> None:
+        if not self._settings.keep_grpc_connections or firmware_of(pyasic_miner) is not (
+            FirmwareKind.BRAIINS
+        ):
+            return
+        from pyasic.web.braiins_os.boser import BOSerWebAPI  # loaded: the miner came from it
+
+        from drivers.boser_channel import KeptChannelWebAPI
+
+        web = getattr(pyasic_miner, "web", None)
+        if isinstance(web, BOSerWebAPI) and not isinstance(web, KeptChannelWebAPI):
+            pyasic_miner.web = KeptChannelWebAPI.replacing(web)
+
+    async def _connect_kept(self) -> None:
+        web = self._kept_web()
+        if web is not None:  # a miner that does not answer: its first command will say so
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self._settings.read_timeout_seconds):
+                    await web.connect()
+
+    def _kept_web(self) -> Any:
+        """The miner's KeptChannelWebAPI, or None."""
+        if self._miner is None or self._firmware is not FirmwareKind.BRAIINS:
+            return None
+        from drivers.boser_channel import KeptChannelWebAPI  # pyasic is loaded: _miner is set
+
+        web = getattr(self._miner, "web", None)
+        return web if isinstance(web, KeptChannelWebAPI) else None
+
+    async def close(self) -> None:
+        """Close the gRPC connection kept for this miner, if any."""
+        web = self._kept_web()
+        if web is not None:
+            web.close()
 
     def _apply_credentials(self, pyasic_miner: Any) -> None:
         # BOSer's gRPC client logs in with web.username / web.pwd (pyasic reads a
@@ -431,6 +473,10 @@ class PyasicDriver:
             include = self.read_include
             if self._firmware is not FirmwareKind.BRAIINS:
                 return await self._read(include, self._settings.read_timeout_seconds)
+            if self._first_read:
+                self._first_read = False
+                state, _ = await asyncio.gather(self._read_braiins(include), self._connect_kept())
+                return state
             return await self._read_braiins(include)
         except Exception as exc:  # belt and braces: mapping bugs must not escape either
             return unreachable(self._miner_id, self._clock.monotonic(), self._describe(exc))

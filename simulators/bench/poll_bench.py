@@ -144,7 +144,8 @@ async def run_bench(
             drivers, max_concurrency=max_concurrency, read_timeout_seconds=read_timeout_seconds,
             clock=clock,
         )
-        objects = [await d.pyasic_miner() for d in drivers.values()]
+        # plain pyasic: its own objects (the drivers' keep a BOSer gRPC connection)
+        objects = [type(m)(m.ip) for m in [await d.pyasic_miner() for d in drivers.values()]]
         includes = [list(d.read_include) for d in drivers.values()]
 
         async def bare() -> list[Any]:
@@ -181,6 +182,8 @@ async def run_bench(
                 asyncio.gather(*(m.get_data() for m in objects), return_exceptions=True)
             )
             _progress(f"bare full get_data: {full_s:.3f} s")
+        for driver in drivers.values():
+            await driver.close()
     hashgov_med = statistics.median(hashgov_s)
     bare_med = statistics.median(bare_s)
     return {

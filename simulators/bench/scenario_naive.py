@@ -78,7 +78,11 @@ class NaiveController:
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
-        while True:
-            started = loop.time()
-            await self.step()
-            await asyncio.sleep(max(0.0, self.period_real_s - (loop.time() - started)))
+        try:
+            while True:
+                started = loop.time()
+                await self.step()
+                await asyncio.sleep(max(0.0, self.period_real_s - (loop.time() - started)))
+        finally:  # cancelled at the end of the run: close the connections kept to miners
+            for driver in self.drivers.values():
+                await driver.close()

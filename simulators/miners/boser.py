@@ -470,6 +470,43 @@ class _Gateway:
 # ----------------------------------------------------------------- listeners
 
 
+class _ConnectionClosingServer(grpclib.server.Server):
+    """grpclib's server, except that close() also ends the connections clients hold.
+
+    grpclib's close() stops the listener and cancels running calls but leaves each
+    HTTP/2 connection up, so a client that keeps its connection (as hashgov's BOSer
+    driver does) would still be served by a miner that is "unreachable" or
+    rebooting. A BOSer that stops takes its connections with it: clients see them
+    closed, as from a real miner that went away."""
+
+    def __init__(self, handlers: list[Any]) -> None:
+        super().__init__(handlers)
+        self._transports: set[asyncio.BaseTransport] = set()
+
+    def _protocol_factory(self) -> Any:
+        protocol: Any = super()._protocol_factory()
+        made, lost = protocol.connection_made, protocol.connection_lost
+        mine: list[asyncio.BaseTransport] = []
+
+        def connection_made(transport: asyncio.BaseTransport) -> None:
+            mine.append(transport)
+            self._transports.add(transport)
+            made(transport)
+
+        def connection_lost(exc: BaseException | None) -> None:
+            self._transports.difference_update(mine)  # a closed one is not held on to
+            lost(exc)
+
+        protocol.connection_made, protocol.connection_lost = connection_made, connection_lost
+        return protocol
+
+    def close(self) -> None:
+        super().close()
+        transports, self._transports = self._transports, set()
+        for transport in transports:
+            transport.close()
+
+
 class BoserServers:
     """The listeners of a simulated BOSer miner: RPC 4028 and gRPC 50051."""
 
@@ -484,7 +521,7 @@ class BoserServers:
     async def start(self) -> None:
         await self.rpc.start()
         if self._grpc is None:
-            server = grpclib.server.Server([self._gateway])
+            server = _ConnectionClosingServer([self._gateway])
             try:
                 await server.start(self.miner.address, self.grpc_port, reuse_address=True,
                                    backlog=64)

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
-import resource
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -22,6 +21,7 @@ from types import TracebackType
 from typing import Any, NamedTuple, Protocol
 
 from controller.catalog import find_model
+from drivers.open_files import raise_open_files_limit
 from simulators.miners import faults as f
 from simulators.miners.miner import FirmwareName, MinerSpec, SimMiner
 
@@ -70,18 +70,6 @@ def _servers_for(miner: SimMiner) -> MinerServers:
     from simulators.miners.boser import BoserServers
 
     return BoserServers(miner)
-
-
-def raise_open_files_limit() -> int:
-    """Raise RLIMIT_NOFILE to its hard limit; return the new soft limit."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft < hard:
-        try:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-            soft = hard
-        except (ValueError, OSError):
-            pass
-    return soft
 
 
 class SimFleet:

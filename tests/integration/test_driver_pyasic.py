@@ -71,7 +71,11 @@ async def _site(firmware: str) -> AsyncIterator[Site]:
             )
             for s in specs
         ]
-        yield Site(sim, drivers, firmware)
+        try:
+            yield Site(sim, drivers, firmware)
+        finally:
+            for driver in drivers:
+                await driver.close()
 
 
 async def test_read_state_fields(site: Site) -> None:
@@ -292,7 +296,10 @@ async def boser() -> AsyncIterator[tuple[SimFleet, PyasicDriver, Traffic]]:
         traffic.grpc.clear()
         traffic.rpc.clear()
         traffic.logins = 0
-        yield sim, driver, traffic
+        try:
+            yield sim, driver, traffic
+        finally:
+            await driver.close()
 
 
 LEAN = "summary+devs+tunerstatus"

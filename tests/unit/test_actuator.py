@@ -81,6 +81,9 @@ class FakeDriver:
     async def resume(self) -> CommandResult:
         return await self._cmd(CommandKind.RESUME)
 
+    async def close(self) -> None:
+        pass  # keeps no connections
+
 
 def test_commands_for_plan_differences() -> None:
     fleet = FleetState(

@@ -213,6 +213,19 @@ def test_check_config_cli_lists_all_problems_and_exits_78(tmp_path: Path) -> Non
     assert "Traceback" not in err
 
 
+def test_keeping_grpc_connections_is_on_unless_the_config_turns_it_off() -> None:
+    from drivers.pyasic_driver import DriverSettings
+
+    data = example_data()
+    data["fleet"].pop("keep_grpc_connections", None)
+    assert DriverSettings.from_fleet(parse_config(data).fleet).keep_grpc_connections is True
+    data["fleet"]["keep_grpc_connections"] = False
+    assert DriverSettings.from_fleet(parse_config(data).fleet).keep_grpc_connections is False
+    data["fleet"]["keep_grpc_connections"] = "sometimes"
+    found = problems_of(data)
+    assert any(p.startswith("fleet.keep_grpc_connections:") for p in found), found
+
+
 def test_detail_interval_sets_how_many_reads_apart_detail_reads_are() -> None:
     from drivers.pyasic_driver import DriverSettings
 

@@ -357,6 +357,9 @@ class ScriptedDriver:
     async def resume(self) -> Any:
         raise NotImplementedError
 
+    async def close(self) -> None:
+        pass  # keeps no connections
+
 
 async def test_poller_isolates_bad_drivers_and_respects_deadline() -> None:
     drivers: dict[str, MinerDriver] = {f"m{i}": ScriptedDriver(f"m{i}") for i in range(50)}

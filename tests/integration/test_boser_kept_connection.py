@@ -1,0 +1,196 @@
+"""BOSer commands over one kept gRPC connection per miner (drivers/boser_channel.py),
+against the simulated BOSer: one connection serves every command, a broken or
+stuck one is replaced, the allowance caps how many stay open, close() ends them.
+Connections are counted in /proc/net/tcp. Addresses 127.2.60-69.x."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import socket
+from collections.abc import AsyncIterator, Callable
+from itertools import count
+from pathlib import Path
+
+import pytest
+from pyasic.errors import APIError
+from pyasic.web.braiins_os.boser import BOSerWebAPI
+
+from controller.catalog import find_model
+from controller.config import MinerConfig
+from drivers import open_files
+from drivers.base import CommandOutcome
+from drivers.boser_channel import KeptChannelWebAPI
+from drivers.open_files import ConnectionAllowance
+from drivers.pyasic_driver import DriverSettings, PyasicDriver
+from simulators.miners import faults
+from simulators.miners.boser import GRPC_PORT
+from simulators.miners.fleet import SimFleet, make_specs
+
+pytestmark = pytest.mark.integration
+SETTINGS = DriverSettings(
+    read_timeout_seconds=1.0,
+    command_timeout_seconds=1.0,
+    command_retries=1,
+    retry_backoff_seconds=0.05,
+    verify_window_seconds=1.0,
+    verify_interval_seconds=0.1,
+)
+ESTABLISHED = "01"
+_subnet = count()
+
+
+def open_grpc_connections(address: str) -> int:
+    """Client-side ESTABLISHED TCP connections to address:50051 (IPv4, this host)."""
+    remote = f"{socket.inet_aton(address)[::-1].hex().upper()}:{GRPC_PORT:04X}"
+    rows = Path("/proc/net/tcp").read_text().splitlines()[1:]
+    return sum(1 for row in rows if row.split()[2] == remote and row.split()[3] == ESTABLISHED)
+
+
+async def eventually(check: Callable[[], bool], timeout_seconds: float = 2.0) -> bool:
+    """Whether ``check`` came true within the timeout. What is checked here (the
+    kernel's socket table, a listener closing) offers no event to await, and a
+    close takes effect on a later turn of the event loop, on both ends."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_seconds
+    while not check():
+        if loop.time() >= deadline:
+            return False
+        await asyncio.sleep(0.01)
+    return True
+
+
+async def settled_connections(address: str, expected: int) -> int:
+    """The count once it is ``expected`` (or after 2 s)."""
+    await eventually(lambda: open_grpc_connections(address) == expected)
+    return open_grpc_connections(address)
+
+
+@contextlib.asynccontextmanager
+async def braiins_miner(settings: DriverSettings = SETTINGS) -> AsyncIterator[tuple[SimFleet, PyasicDriver]]:
+    spec = make_specs(1, "Antminer S19j Pro:braiins:1", f"127.2.{60 + next(_subnet) % 10}.1")[0]
+    async with SimFleet([spec], time_scale=60.0) as sim:
+        driver = PyasicDriver(
+            MinerConfig(address=spec.address, model=spec.model, firmware=spec.firmware, name=spec.name),
+            model=find_model(spec.model, spec.firmware),
+            settings=settings,
+        )
+        try:
+            yield sim, driver
+        finally:
+            await driver.close()
+
+
+async def test_every_command_goes_over_one_kept_connection_until_close() -> None:
+    before = open_files.KEPT_CONNECTIONS.open_count
+    async with braiins_miner() as (sim, driver):
+        for command in (driver.stop, driver.resume, lambda: driver.set_power_limit(2500)):
+            assert (await command()).outcome is CommandOutcome.OK
+            assert open_grpc_connections(driver.address) == 1
+        assert open_files.KEPT_CONNECTIONS.open_count == before + 1
+        assert sim.miners[driver.address].power_target_watts == 2500
+        await driver.close()
+        assert await settled_connections(driver.address, 0) == 0
+        assert open_files.KEPT_CONNECTIONS.open_count == before
+        # closed is not broken: the next command opens a new connection
+        assert (await driver.stop()).outcome is CommandOutcome.OK
+        assert open_grpc_connections(driver.address) == 1
+
+
+async def test_without_keeping_no_connection_outlives_its_command() -> None:
+    async with braiins_miner(dataclasses.replace(SETTINGS, keep_grpc_connections=False)) as (_, driver):
+        assert (await driver.stop()).outcome is CommandOutcome.OK
+        assert (await driver.set_power_limit(2500)).outcome is CommandOutcome.OK
+        assert await settled_connections(driver.address, 0) == 0
+
+
+async def test_a_connection_the_miner_dropped_is_replaced_by_the_next_command() -> None:
+    async with braiins_miner() as (sim, driver):
+        assert (await driver.stop()).outcome is CommandOutcome.OK
+        sim.set_fault(driver.address, faults.UNREACHABLE)  # listeners and connections closed
+        assert await settled_connections(driver.address, 0) == 0
+        failed = await driver.resume()
+        assert failed.outcome is CommandOutcome.ERROR
+        assert not sim.miners[driver.address].is_mining
+        sim.clear_fault(driver.address)
+        assert (await driver.resume()).outcome is CommandOutcome.OK
+        assert open_grpc_connections(driver.address) == 1
+
+
+async def test_a_command_that_timed_out_leaves_no_stuck_connection_behind() -> None:
+    async with braiins_miner() as (sim, driver):
+        assert (await driver.stop()).outcome is CommandOutcome.OK
+        sim.set_fault(driver.address, faults.BLACKHOLE)  # accepts, never answers
+        assert (await driver.resume()).outcome is CommandOutcome.TIMEOUT
+        assert await settled_connections(driver.address, 0) == 0  # each timed-out attempt closed its own
+        sim.clear_fault(driver.address)
+        assert (await driver.resume()).outcome is CommandOutcome.OK
+
+
+async def test_a_token_the_miner_revoked_is_renewed_over_the_kept_connection() -> None:
+    async with braiins_miner() as (sim, driver):
+        assert (await driver.stop()).outcome is CommandOutcome.OK
+        sim._servers[driver.address].on_reboot()  # BOSer forgets every token it issued
+        assert (await driver.resume()).outcome is CommandOutcome.OK
+        assert open_grpc_connections(driver.address) == 1
+
+
+async def test_with_no_allowance_left_each_call_has_its_own_connection() -> None:
+    async with braiins_miner() as (sim, driver):
+        web = KeptChannelWebAPI.replacing(BOSerWebAPI(driver.address), ConnectionAllowance(limit=0))
+        await web.pause_mining()
+        assert not web.connected
+        assert await settled_connections(driver.address, 0) == 0
+        assert sim.miners[driver.address].is_sleeping
+        await web.resume_mining()
+        assert not sim.miners[driver.address].is_sleeping
+
+
+async def test_an_unknown_command_is_an_api_error_not_a_crash() -> None:
+    async with braiins_miner() as (_, driver):
+        allowance = ConnectionAllowance(limit=1)
+        web = KeptChannelWebAPI.replacing(BOSerWebAPI(driver.address), allowance)
+        with pytest.raises(APIError, match="no_such_command"):
+            await web.send_command("no_such_command", message=None)
+        assert await web.send_command("no_such_command", ignore_errors=True, message=None) == {}
+        web.close()
+        assert allowance.open_count == 0
+
+
+async def test_a_simulated_boser_that_stops_ends_the_connections_clients_hold() -> None:
+    """The simulator side: an unreachable miner must not keep answering over a
+    connection opened before, and the connections it closed are not held on to."""
+    async with braiins_miner() as (sim, driver):
+        assert (await driver.stop()).outcome is CommandOutcome.OK
+        server = sim._servers[driver.address]._grpc
+        assert server is not None and len(server._transports) == 1
+        sim.set_fault(driver.address, faults.UNREACHABLE)
+        assert await settled_connections(driver.address, 0) == 0
+        assert len(server._transports) == 0
+
+
+async def test_the_first_read_opens_the_kept_connection_before_any_command() -> None:
+    """Opened during the first fleet read, the connections exist when the service
+    freezes its long-lived heap; later reads add none."""
+    before = open_files.KEPT_CONNECTIONS.open_count
+    async with braiins_miner() as (sim, driver):
+        assert (await driver.read_state()).reachable
+        assert await settled_connections(driver.address, 1) == 1
+        assert sim.miners[driver.address].commands_received == 0
+        for _ in range(3):
+            assert (await driver.read_state()).reachable
+        assert open_grpc_connections(driver.address) == 1
+        assert open_files.KEPT_CONNECTIONS.open_count == before + 1
+
+
+async def test_a_first_read_of_an_unreachable_miner_opens_nothing_and_reports_it() -> None:
+    before = open_files.KEPT_CONNECTIONS.open_count
+    async with braiins_miner() as (sim, driver):
+        sim.set_fault(driver.address, faults.UNREACHABLE)
+        assert await eventually(lambda: sim._servers[driver.address]._grpc is None)
+        state = await driver.read_state()
+        assert not state.reachable and state.error
+        assert open_files.KEPT_CONNECTIONS.open_count == before
+        sim.clear_fault(driver.address)
+        assert (await driver.stop()).outcome is CommandOutcome.OK
