@@ -92,9 +92,9 @@ class KeptChannelWebAPI(BOSerWebAPI):  # type: ignore[misc]  # pyasic is untyped
 
     async def connect(self) -> None:
         """Open the kept connection now, without a call (a failure is left to the
-        next call to report). The service opens them all during the first fleet
-        read, before it freezes the long-lived heap: ~100 objects per connection
-        that the garbage collector's full passes then need not scan."""
+        next call to report). The driver's first read does this, so at start the
+        connections exist before the service freezes its long-lived heap: ~100
+        objects per connection that the collector's full passes need not scan."""
         channel = self._channel_or_none()
         if channel is None:
             return

@@ -27,16 +27,9 @@ from drivers.pyasic_driver import DriverSettings, PyasicDriver
 from simulators.miners import faults
 from simulators.miners.boser import GRPC_PORT
 from simulators.miners.fleet import SimFleet, make_specs
+from tests.integration.test_driver_pyasic import SETTINGS  # fast timeouts against the simulator
 
 pytestmark = pytest.mark.integration
-SETTINGS = DriverSettings(
-    read_timeout_seconds=1.0,
-    command_timeout_seconds=1.0,
-    command_retries=1,
-    retry_backoff_seconds=0.05,
-    verify_window_seconds=1.0,
-    verify_interval_seconds=0.1,
-)
 ESTABLISHED = "01"
 _subnet = count()
 
