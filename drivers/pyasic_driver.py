@@ -57,6 +57,7 @@ from drivers.mapping import (
     state_from_data,
     unreachable,
 )
+from drivers.rpc_commands import cache_command_list
 
 log = structlog.get_logger("hashgov.drivers")
 
@@ -296,6 +297,9 @@ class PyasicDriver:
         self._miner = pyasic_miner
         self._firmware = firmware
         self._keep_grpc_connection(pyasic_miner)
+        rpc = getattr(pyasic_miner, "rpc", None)
+        if rpc is not None:
+            cache_command_list(rpc)  # pyasic's multicommand lists them before every call
         self._apply_credentials(pyasic_miner)
 
     def _keep_grpc_connection(self, pyasic_miner: Any) -> None:
