@@ -45,7 +45,7 @@ from controller.persist import read_json, write_json_atomic
 from controller.sdnotify import Notifier
 from controller.telemetry import REJECTION_REASONS, Reading, Rejection, TelemetryStore
 from controller.tracker import FleetTracker
-from drivers.base import CommandResult, MinerDriver
+from drivers.base import CommandResult, MinerDriver, close_drivers
 from drivers.credentials import CredentialsError, load_credentials
 from drivers.open_files import raise_open_files_limit
 from drivers.poller import FleetPoller
@@ -555,8 +555,7 @@ class Service:
             await self.metrics.stop()
             for task in list(self._background):
                 task.cancel()
-            for driver in self.drivers.values():
-                await driver.close()
+            await close_drivers(self.drivers.values())
         log.info("stopped", exit_code=code)
         return code
 

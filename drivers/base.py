@@ -6,7 +6,7 @@ garbage replies, comes back as a typed value the controller can count.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Protocol, TypeAlias
@@ -90,3 +90,9 @@ class MinerDriver(Protocol):
     async def close(self) -> None:
         """Release what the driver keeps open between calls (connections)."""
         ...
+
+
+async def close_drivers(drivers: Iterable[MinerDriver]) -> None:
+    """Close every driver (their kept connections): at shutdown, end of a bench."""
+    for driver in drivers:
+        await driver.close()

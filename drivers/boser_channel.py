@@ -100,7 +100,7 @@ class KeptChannelWebAPI(BOSerWebAPI):  # type: ignore[misc]  # pyasic is untyped
             return
         try:
             await channel.__connect__()
-        except (OSError, TimeoutError):
+        except OSError:  # refused, unreachable, timed out (TimeoutError is one)
             self._drop()
         except BaseException:
             self._drop()

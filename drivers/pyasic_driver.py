@@ -238,6 +238,7 @@ class PyasicDriver:
         self._detect_lock = asyncio.Lock()
         self._luxos_presets: dict[int, str] | None = None  # profile watts -> name
         self._miner: Any = None
+        self._kept_web: Any = None  # BOSer: the KeptChannelWebAPI swapped in at adoption
         self._firmware = FirmwareKind(miner.firmware)
         if pyasic_miner is not None:
             self._adopt(pyasic_miner, firmware_of(pyasic_miner) if _is_pyasic(pyasic_miner)
@@ -296,46 +297,35 @@ class PyasicDriver:
     def _adopt(self, pyasic_miner: Any, firmware: FirmwareKind) -> None:
         self._miner = pyasic_miner
         self._firmware = firmware
-        self._keep_grpc_connection(pyasic_miner)
+        self._kept_web = self._keep_grpc_connection(pyasic_miner, firmware)
         rpc = getattr(pyasic_miner, "rpc", None)
         if rpc is not None:
             cache_command_list(rpc)  # pyasic's multicommand lists them before every call
         self._apply_credentials(pyasic_miner)
 
-    def _keep_grpc_connection(self, pyasic_miner: Any) -> None:
-        if not self._settings.keep_grpc_connections or firmware_of(pyasic_miner) is not (
-            FirmwareKind.BRAIINS
-        ):
-            return
+    def _keep_grpc_connection(self, pyasic_miner: Any, firmware: FirmwareKind) -> Any:
+        """Give a BOSer miner the kept-connection gRPC client; it, or None."""
+        if not self._settings.keep_grpc_connections or firmware is not FirmwareKind.BRAIINS:
+            return None
         from pyasic.web.braiins_os.boser import BOSerWebAPI  # loaded: the miner came from it
 
         from drivers.boser_channel import KeptChannelWebAPI
 
         web = getattr(pyasic_miner, "web", None)
         if isinstance(web, BOSerWebAPI) and not isinstance(web, KeptChannelWebAPI):
-            pyasic_miner.web = KeptChannelWebAPI.replacing(web)
+            web = pyasic_miner.web = KeptChannelWebAPI.replacing(web)
+        return web if isinstance(web, KeptChannelWebAPI) else None
 
     async def _connect_kept(self) -> None:
-        web = self._kept_web()
-        if web is not None:  # a miner that does not answer: its first command will say so
+        if self._kept_web is not None:  # a miner that does not answer: its first command will say so
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(self._settings.read_timeout_seconds):
-                    await web.connect()
-
-    def _kept_web(self) -> Any:
-        """The miner's KeptChannelWebAPI, or None."""
-        if self._miner is None or self._firmware is not FirmwareKind.BRAIINS:
-            return None
-        from drivers.boser_channel import KeptChannelWebAPI  # pyasic is loaded: _miner is set
-
-        web = getattr(self._miner, "web", None)
-        return web if isinstance(web, KeptChannelWebAPI) else None
+                    await self._kept_web.connect()
 
     async def close(self) -> None:
         """Close the gRPC connection kept for this miner, if any."""
-        web = self._kept_web()
-        if web is not None:
-            web.close()
+        if self._kept_web is not None:
+            self._kept_web.close()
 
     def _apply_credentials(self, pyasic_miner: Any) -> None:
         # BOSer's gRPC client logs in with web.username / web.pwd (pyasic reads a

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 from typing import Any
 
-_COMMANDS_BY_CLASS: dict[type[Any], list[str]] = {}
 _SUBCLASSES: dict[type[Any], type[Any]] = {}
 
 
@@ -32,10 +31,12 @@ def cache_command_list(rpc: Any) -> None:
 
 
 def _listing_once(cls: type[Any]) -> type[Any]:
+    listed: list[str] | None = None
+
     def commands(self: Any) -> list[str]:
-        listed = _COMMANDS_BY_CLASS.get(cls)
+        nonlocal listed
         if listed is None:  # pyasic's own listing ("commands" itself is excluded by name)
-            listed = _COMMANDS_BY_CLASS[cls] = list(cls.get_commands(self))
+            listed = list(cls.get_commands(self))
         return listed
 
     return type(cls.__name__, (cls,), {"commands": property(commands), "__module__": __name__})

@@ -16,7 +16,6 @@ stdout line is one JSON object.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import gc
 import json
 import multiprocessing as mp
@@ -30,6 +29,8 @@ from typing import Any
 
 import typer
 
+from drivers.open_files import raise_open_files_limit
+
 DEFAULT_MIX = "Antminer S19j Pro:luxos:1,Antminer S19j Pro:braiins:1"
 
 
@@ -41,15 +42,6 @@ def _rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
-def _raise_nofile(wanted: int) -> int:
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    target = hard if hard == resource.RLIM_INFINITY else max(soft, min(hard, wanted))
-    if target > soft:
-        with contextlib.suppress(ValueError, OSError):
-            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
-    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
-
-
 # ------------------------------------------------------------------ simulator
 
 
@@ -58,7 +50,7 @@ def _serve_fleet(
 ) -> None:
     from simulators.miners.fleet import SimFleet
 
-    _raise_nofile(65_536)
+    raise_open_files_limit()
 
     async def run() -> None:
         async with SimFleet(specs, time_scale=time_scale):
@@ -118,11 +110,12 @@ async def run_bench(
     from controller.catalog import find_model
     from controller.clock import SystemClock
     from controller.config import MinerConfig
+    from drivers.base import close_drivers
     from drivers.poller import FleetPoller
     from drivers.pyasic_driver import DriverSettings, PyasicDriver
     from simulators.miners.fleet import SimFleet, make_specs
 
-    nofile = _raise_nofile(max(65_536, miners * 8))
+    nofile = raise_open_files_limit()
     _progress(f"RLIMIT_NOFILE={nofile}; starting {miners} simulated miners ({mix})")
     specs = make_specs(miners, mix, base_ip)
     clock = SystemClock()
@@ -182,8 +175,7 @@ async def run_bench(
                 asyncio.gather(*(m.get_data() for m in objects), return_exceptions=True)
             )
             _progress(f"bare full get_data: {full_s:.3f} s")
-        for driver in drivers.values():
-            await driver.close()
+        await close_drivers(drivers.values())
     hashgov_med = statistics.median(hashgov_s)
     bare_med = statistics.median(bare_s)
     return {

@@ -18,7 +18,7 @@ from collections.abc import Callable
 from controller.clock import SystemClock
 from controller.config import HashgovConfig
 from controller.service import default_driver_factory
-from drivers.base import CommandResult, MinerDriver
+from drivers.base import CommandResult, MinerDriver, close_drivers
 from simulators.bench.scenario_spec import Scenario
 
 MAX_CONCURRENCY = 128
@@ -84,5 +84,4 @@ class NaiveController:
                 await self.step()
                 await asyncio.sleep(max(0.0, self.period_real_s - (loop.time() - started)))
         finally:  # cancelled at the end of the run: close the connections kept to miners
-            for driver in self.drivers.values():
-                await driver.close()
+            await close_drivers(self.drivers.values())

@@ -16,7 +16,7 @@ import pytest
 
 from controller.catalog import find_model
 from controller.config import MinerConfig
-from drivers.base import CommandOutcome
+from drivers.base import CommandOutcome, close_drivers
 from drivers.mapping import FirmwareKind
 from drivers.poller import FleetPoller
 from drivers.pyasic_driver import DriverSettings, PyasicDriver
@@ -74,8 +74,7 @@ async def _site(firmware: str) -> AsyncIterator[Site]:
         try:
             yield Site(sim, drivers, firmware)
         finally:
-            for driver in drivers:
-                await driver.close()
+            await close_drivers(drivers)
 
 
 async def test_read_state_fields(site: Site) -> None:
