@@ -13,6 +13,10 @@ itself is not modified. The channel is closed after any failure that is not the
 miner's own gRPC reply, so a retry always starts on a fresh connection: a kept
 connection that died quietly costs one attempt, never a stuck miner.
 
+Logging in goes over the kept connection too (pyasic opens one more for every
+Login), and the driver does it ahead of need, alongside a read: see
+``PyasicDriver._log_in_ahead``.
+
 Every kept connection is a file descriptor for the life of the process, so they
 are rationed: :data:`drivers.open_files.KEPT_CONNECTIONS` allows what RLIMIT_NOFILE leaves
 after the descriptors reserved for everything else; a miner that finds none free uses pyasic's
@@ -21,18 +25,23 @@ connection per call, as before.
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
 from grpclib import GRPCError, Status
 from grpclib.client import Channel
+from grpclib.const import Cardinality
 from pyasic.errors import APIError
 from pyasic.web.braiins_os.boser import BOSerWebAPI, BOSMinerGRPCStub
+from pyasic.web.braiins_os.proto.braiins.bos.v1 import LoginRequest, LoginResponse
 
 from drivers.open_files import KEPT_CONNECTIONS, ConnectionAllowance
 
 
 class KeptChannelWebAPI(BOSerWebAPI):  # type: ignore[misc]  # pyasic is untyped here
     """pyasic's BOSer gRPC client on one connection kept between calls."""
+
+    LOGIN_PATH = "/braiins.bos.v1.AuthenticationService/Login"
 
     def __init__(self, ip: str, allowance: ConnectionAllowance = KEPT_CONNECTIONS) -> None:
         super().__init__(ip)
@@ -90,21 +99,35 @@ class KeptChannelWebAPI(BOSerWebAPI):  # type: ignore[misc]  # pyasic is untyped
             self._drop()
             raise
 
-    async def connect(self) -> None:
-        """Open the kept connection now, without a call (a failure is left to the
-        next call to report). The driver's first read does this, so at start the
-        connections exist before the service freezes its long-lived heap: ~100
-        objects per connection that the collector's full passes need not scan."""
+    async def _get_auth(self) -> str | None:
+        """pyasic's Login, over the kept connection: the token comes in the reply's
+        initial metadata. Sets ``token`` and ``_auth_time`` as pyasic does, so its
+        ``auth()`` keeps deciding when a token is too old. A login opens the
+        connection if none is up; it is closed again after a failure that is not
+        the miner's own gRPC reply, as for a command."""
         channel = self._channel_or_none()
-        if channel is None:
-            return
+        if channel is None:  # none to spare: pyasic's own login on its own connection
+            return await super()._get_auth()  # type: ignore[no-any-return]
+        request = LoginRequest(username=self.username, password=self.pwd)
         try:
-            await channel.__connect__()
-        except OSError:  # refused, unreachable, timed out (TimeoutError is one)
-            self._drop()
-        except BaseException:
+            async with channel.request(
+                self.LOGIN_PATH, Cardinality.UNARY_UNARY, LoginRequest, LoginResponse
+            ) as stream:
+                await stream.send_message(request, end=True)
+                await stream.recv_initial_metadata()
+                metadata = stream.initial_metadata
+                token = metadata.get("authorization") if metadata is not None else None
+                await stream.recv_message()
+                await stream.recv_trailing_metadata()  # a refused login raises GRPCError here
+        except GRPCError:  # the miner answered: the connection is fine
+            raise
+        except BaseException:  # refused, reset, timed out or cancelled
             self._drop()
             raise
+        if isinstance(token, str):
+            self.token, self._auth_time = token, datetime.now()
+            return token
+        return None
 
     def _channel_or_none(self) -> Channel | None:
         if self._channel is None and self._allowance.take():

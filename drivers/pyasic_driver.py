@@ -16,7 +16,6 @@ Rules (see docs/drivers.md):
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import functools
 import logging
@@ -62,6 +61,12 @@ from drivers.rpc_commands import cache_command_list
 log = structlog.get_logger("hashgov.drivers")
 
 MAX_DETAIL_CHARS = 300
+
+# BOSer tokens: pyasic logs in again inside the next privileged command once its
+# token is 59 minutes old. The driver logs in ahead, alongside a read, when the
+# token is this old (or missing); after a failed login it waits this long.
+TOKEN_REFRESH_SECONDS = 45 * 60.0
+LOGIN_RETRY_SECONDS = 60.0
 
 # A command's call on the pyasic miner, and its readback: (seen, detail, applied W).
 _Send = Callable[[Any], Awaitable[Any]]
@@ -234,11 +239,12 @@ class PyasicDriver:
         # one pays for every miner's gRPC at once: the first read is lean for most.
         every = max(1, self._settings.detail_every_reads)
         self._reads_since_detail = zlib.crc32(self._miner_id.encode()) % every
-        self._first_read = True  # BOSer: the first read also opens the kept gRPC connection
+        self._login_due_seconds = -float("inf")  # BOSer: monotonic time of the next login ahead
         self._detect_lock = asyncio.Lock()
         self._luxos_presets: dict[int, str] | None = None  # profile watts -> name
         self._miner: Any = None
         self._kept_web: Any = None  # BOSer: the KeptChannelWebAPI swapped in at adoption
+        self._grpc_web: Any = None  # BOSer: the gRPC client (kept or pyasic's own)
         self._firmware = FirmwareKind(miner.firmware)
         if pyasic_miner is not None:
             self._adopt(pyasic_miner, firmware_of(pyasic_miner) if _is_pyasic(pyasic_miner)
@@ -298,6 +304,8 @@ class PyasicDriver:
         self._miner = pyasic_miner
         self._firmware = firmware
         self._kept_web = self._keep_grpc_connection(pyasic_miner, firmware)
+        web = getattr(pyasic_miner, "web", None)  # the kept client, if just swapped in
+        self._grpc_web = web if firmware is FirmwareKind.BRAIINS and hasattr(web, "_get_auth") else None
         rpc = getattr(pyasic_miner, "rpc", None)
         if rpc is not None:
             cache_command_list(rpc)  # pyasic's multicommand lists them before every call
@@ -316,11 +324,27 @@ class PyasicDriver:
             web = pyasic_miner.web = KeptChannelWebAPI.replacing(web)
         return web if isinstance(web, KeptChannelWebAPI) else None
 
-    async def _connect_kept(self) -> None:
-        if self._kept_web is not None:  # a miner that does not answer: its first command will say so
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(self._settings.read_timeout_seconds):
-                    await self._kept_web.connect()
+    def _login_due(self) -> bool:
+        return self._grpc_web is not None and self._clock.monotonic() >= self._login_due_seconds
+
+    async def _log_in_ahead(self) -> None:
+        """BOSer: log in alongside a read while the token is missing or
+        TOKEN_REFRESH_SECONDS old, so no stop or cut has to log in first (pyasic
+        would, inside the command, once the token is 59 minutes old: a trip's
+        every Braiins stop paying a Login). The first read's login also opens the
+        kept connection, before the service freezes its start-up heap. A failure
+        is only logged: the next command logs in itself and reports it."""
+        web = self._grpc_web
+        now = self._clock.monotonic()
+        self._login_due_seconds = now + LOGIN_RETRY_SECONDS
+        try:
+            async with asyncio.timeout(self._settings.read_timeout_seconds):
+                await web._get_auth()  # pyasic's login; the kept client's goes over its connection
+        except Exception as exc:
+            log.debug("driver.login_ahead_failed", miner_id=self._miner_id, detail=self._describe(exc))
+            return
+        if web.token is not None:
+            self._login_due_seconds = now + TOKEN_REFRESH_SECONDS
 
     async def close(self) -> None:
         """Close the gRPC connection kept for this miner, if any."""
@@ -467,9 +491,8 @@ class PyasicDriver:
             include = self.read_include
             if self._firmware is not FirmwareKind.BRAIINS:
                 return await self._read(include, self._settings.read_timeout_seconds)
-            if self._first_read:
-                self._first_read = False
-                state, _ = await asyncio.gather(self._read_braiins(include), self._connect_kept())
+            if self._login_due():
+                state, _ = await asyncio.gather(self._read_braiins(include), self._log_in_ahead())
                 return state
             return await self._read_braiins(include)
         except Exception as exc:  # belt and braces: mapping bugs must not escape either

@@ -1,6 +1,7 @@
 """BOSer commands over one kept gRPC connection per miner (drivers/boser_channel.py),
 against the simulated BOSer: one connection serves every command, a broken or
-stuck one is replaced, the allowance caps how many stay open, close() ends them.
+stuck one is replaced, the allowance caps how many stay open, close() ends them;
+the driver logs in ahead of need, alongside reads, so no command has to.
 Connections are counted in /proc/net/tcp. Addresses 127.2.60-69.x."""
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ import asyncio
 import contextlib
 import dataclasses
 import socket
+import time
 from collections.abc import AsyncIterator, Callable
 from itertools import count
 from pathlib import Path
@@ -18,16 +20,25 @@ from pyasic.errors import APIError
 from pyasic.web.braiins_os.boser import BOSerWebAPI
 
 from controller.catalog import find_model
+from controller.clock import SystemClock
 from controller.config import MinerConfig
 from drivers import open_files
 from drivers.base import CommandOutcome
 from drivers.boser_channel import KeptChannelWebAPI
 from drivers.open_files import ConnectionAllowance
-from drivers.pyasic_driver import DriverSettings, PyasicDriver
+from drivers.pyasic_driver import (
+    LOGIN_RETRY_SECONDS,
+    TOKEN_REFRESH_SECONDS,
+    DriverSettings,
+    PyasicDriver,
+)
 from simulators.miners import faults
 from simulators.miners.boser import GRPC_PORT
 from simulators.miners.fleet import SimFleet, make_specs
-from tests.integration.test_driver_pyasic import SETTINGS  # fast timeouts against the simulator
+from tests.integration.test_driver_pyasic import (  # fast timeouts against the simulator
+    SETTINGS,
+    _record,
+)
 
 pytestmark = pytest.mark.integration
 ESTABLISHED = "01"
@@ -60,14 +71,28 @@ async def settled_connections(address: str, expected: int) -> int:
     return open_grpc_connections(address)
 
 
+class ShiftedClock(SystemClock):
+    """The system clock, moved forward by hand: what the driver's token timing
+    reads. Its sleeps stay real (command readbacks wait between attempts)."""
+
+    def __init__(self) -> None:
+        self.shift_seconds = 0.0
+
+    def monotonic(self) -> float:
+        return time.monotonic() + self.shift_seconds
+
+
 @contextlib.asynccontextmanager
-async def braiins_miner(settings: DriverSettings = SETTINGS) -> AsyncIterator[tuple[SimFleet, PyasicDriver]]:
+async def braiins_miner(
+    settings: DriverSettings = SETTINGS, clock: SystemClock | None = None
+) -> AsyncIterator[tuple[SimFleet, PyasicDriver]]:
     spec = make_specs(1, "Antminer S19j Pro:braiins:1", f"127.2.{60 + next(_subnet) % 10}.1")[0]
     async with SimFleet([spec], time_scale=60.0) as sim:
         driver = PyasicDriver(
             MinerConfig(address=spec.address, model=spec.model, firmware=spec.firmware, name=spec.name),
             model=find_model(spec.model, spec.firmware),
             settings=settings,
+            clock=clock,
         )
         try:
             yield sim, driver
@@ -163,18 +188,87 @@ async def test_a_simulated_boser_that_stops_ends_the_connections_clients_hold() 
         assert len(server._transports) == 0
 
 
-async def test_the_first_read_opens_the_kept_connection_before_any_command() -> None:
-    """Opened during the first fleet read, the connections exist when the service
-    freezes its long-lived heap; later reads add none."""
+async def test_the_first_read_logs_in_over_the_kept_connection_so_no_command_has_to() -> None:
+    """Opened by the first fleet read's login, the connections exist when the
+    service freezes its long-lived heap; later reads and commands add none, and a
+    stop goes out without a Login in front of it."""
     before = open_files.KEPT_CONNECTIONS.open_count
     async with braiins_miner() as (sim, driver):
+        traffic = _record(await driver.pyasic_miner())
         assert (await driver.read_state()).reachable
+        assert traffic.logins == 1 and traffic.grpc == []
+        assert (await driver.pyasic_miner()).web.token is not None
         assert await settled_connections(driver.address, 1) == 1
         assert sim.miners[driver.address].commands_received == 0
         for _ in range(3):
             assert (await driver.read_state()).reachable
+        assert (await driver.stop()).outcome is CommandOutcome.OK
+        assert traffic.logins == 1 and traffic.grpc == ["pause_mining"]
         assert open_grpc_connections(driver.address) == 1
         assert open_files.KEPT_CONNECTIONS.open_count == before + 1
+
+
+async def test_the_token_is_renewed_alongside_a_read_before_pyasic_would_let_it_expire() -> None:
+    clock = ShiftedClock()
+    async with braiins_miner(clock=clock) as (_, driver):
+        web = (await driver.pyasic_miner()).web
+        traffic = _record(await driver.pyasic_miner())
+        assert (await driver.read_state()).reachable
+        first_login = web._auth_time
+        clock.shift_seconds += TOKEN_REFRESH_SECONDS - 5
+        assert (await driver.read_state()).reachable
+        assert traffic.logins == 1
+        clock.shift_seconds += 10
+        assert (await driver.read_state()).reachable
+        assert traffic.logins == 2 and web._auth_time > first_login
+        assert TOKEN_REFRESH_SECONDS < 3540  # pyasic's own limit: it would log in inside a command
+        assert open_grpc_connections(driver.address) == 1  # the renewal used the kept connection
+
+
+async def test_a_failed_login_ahead_leaves_the_read_alone_and_is_retried_a_minute_later() -> None:
+    clock = ShiftedClock()
+    async with braiins_miner(clock=clock) as (_, driver):
+        web = (await driver.pyasic_miner()).web
+        attempts: list[float] = []
+
+        async def refused() -> None:
+            attempts.append(clock.monotonic())
+            raise APIError("login refused")
+
+        web._get_auth = refused
+        state = await driver.read_state()
+        assert state.reachable and state.error is None
+        assert (await driver.read_state()).reachable
+        assert len(attempts) == 1  # not on every read
+        clock.shift_seconds += LOGIN_RETRY_SECONDS
+        assert (await driver.read_state()).reachable
+        assert len(attempts) == 2 and web.token is None
+        del web._get_auth  # the miner takes logins again
+        clock.shift_seconds += LOGIN_RETRY_SECONDS
+        assert (await driver.read_state()).reachable
+        assert web.token is not None
+
+
+async def test_without_keeping_the_first_read_still_logs_in_on_its_own_connection() -> None:
+    async with braiins_miner(dataclasses.replace(SETTINGS, keep_grpc_connections=False)) as (_, driver):
+        traffic = _record(await driver.pyasic_miner())
+        assert (await driver.read_state()).reachable
+        assert traffic.logins == 1
+        assert (await driver.stop()).outcome is CommandOutcome.OK
+        assert traffic.logins == 1
+        assert await settled_connections(driver.address, 0) == 0
+
+
+async def test_a_login_that_times_out_leaves_no_connection_and_no_allowance_taken() -> None:
+    before = open_files.KEPT_CONNECTIONS.open_count
+    async with braiins_miner() as (sim, driver):
+        sim.set_fault(driver.address, faults.BLACKHOLE)  # accepts, never answers
+        assert not (await driver.read_state()).reachable
+        assert (await driver.pyasic_miner()).web.token is None
+        assert await settled_connections(driver.address, 0) == 0
+        assert open_files.KEPT_CONNECTIONS.open_count == before
+        sim.clear_fault(driver.address)
+        assert (await driver.stop()).outcome is CommandOutcome.OK
 
 
 async def test_a_first_read_of_an_unreachable_miner_opens_nothing_and_reports_it() -> None:
