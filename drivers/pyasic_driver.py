@@ -19,6 +19,7 @@ import asyncio
 import dataclasses
 import functools
 import logging
+import math
 import time
 import zlib
 from collections.abc import Awaitable, Callable, Mapping
@@ -62,9 +63,11 @@ log = structlog.get_logger("hashgov.drivers")
 
 MAX_DETAIL_CHARS = 300
 
-# BOSer tokens: pyasic logs in again inside the next privileged command once its
-# token is 59 minutes old. The driver logs in ahead, alongside a read, when the
-# token is this old (or missing); after a failed login it waits this long.
+# Logins ahead of need (PyasicDriver._log_in_ahead). BOSer: pyasic logs in again
+# inside the next privileged command once its token is 59 minutes old, so the
+# driver renews it, alongside a read, when it is this old. LuxOS sessions last
+# until the firmware drops them (then the next read logs on again). After a
+# failed login the next attempt ahead waits this long.
 TOKEN_REFRESH_SECONDS = 45 * 60.0
 LOGIN_RETRY_SECONDS = 60.0
 
@@ -239,12 +242,11 @@ class PyasicDriver:
         # one pays for every miner's gRPC at once: the first read is lean for most.
         every = max(1, self._settings.detail_every_reads)
         self._reads_since_detail = zlib.crc32(self._miner_id.encode()) % every
-        self._login_due_seconds = -float("inf")  # BOSer: monotonic time of the next login ahead
+        self._login_due_seconds = -math.inf  # monotonic time of the next login ahead
         self._detect_lock = asyncio.Lock()
         self._luxos_presets: dict[int, str] | None = None  # profile watts -> name
         self._miner: Any = None
         self._kept_web: Any = None  # BOSer: the KeptChannelWebAPI swapped in at adoption
-        self._grpc_web: Any = None  # BOSer: the gRPC client (kept or pyasic's own)
         self._firmware = FirmwareKind(miner.firmware)
         if pyasic_miner is not None:
             self._adopt(pyasic_miner, firmware_of(pyasic_miner) if _is_pyasic(pyasic_miner)
@@ -304,8 +306,6 @@ class PyasicDriver:
         self._miner = pyasic_miner
         self._firmware = firmware
         self._kept_web = self._keep_grpc_connection(pyasic_miner, firmware)
-        web = getattr(pyasic_miner, "web", None)  # the kept client, if just swapped in
-        self._grpc_web = web if firmware is FirmwareKind.BRAIINS and hasattr(web, "_get_auth") else None
         rpc = getattr(pyasic_miner, "rpc", None)
         if rpc is not None:
             cache_command_list(rpc)  # pyasic's multicommand lists them before every call
@@ -325,26 +325,40 @@ class PyasicDriver:
         return web if isinstance(web, KeptChannelWebAPI) else None
 
     def _login_due(self) -> bool:
-        return self._grpc_web is not None and self._clock.monotonic() >= self._login_due_seconds
+        return self._firmware in _LOGS_IN and self._clock.monotonic() >= self._login_due_seconds
 
     async def _log_in_ahead(self) -> None:
-        """BOSer: log in alongside a read while the token is missing or
-        TOKEN_REFRESH_SECONDS old, so no stop or cut has to log in first (pyasic
-        would, inside the command, once the token is 59 minutes old: a trip's
-        every Braiins stop paying a Login). The first read's login also opens the
-        kept connection, before the service freezes its start-up heap. A failure
-        is only logged: the next command logs in itself and reports it."""
-        web = self._grpc_web
+        """Log in alongside a read, so no stop or cut has to first: on the first
+        read, when a BOSer token is TOKEN_REFRESH_SECONDS old (pyasic would log in
+        inside the command once it is 59 minutes old) and after a LuxOS session
+        was dropped. LuxOS also learns its profile names here, which its first cut
+        would otherwise ask for. The first read's BOSer login opens the kept
+        connection, before the service freezes its start-up heap. A failure is
+        only logged: the next command logs in itself and reports it."""
         now = self._clock.monotonic()
         self._login_due_seconds = now + LOGIN_RETRY_SECONDS
         try:
             async with asyncio.timeout(self._settings.read_timeout_seconds):
-                await web._get_auth()  # pyasic's login; the kept client's goes over its connection
+                miner = await self._ensure_miner()
+                lasts_seconds = await self._log_in(miner)
         except Exception as exc:
             log.debug("driver.login_ahead_failed", miner_id=self._miner_id, detail=self._describe(exc))
             return
-        if web.token is not None:
-            self._login_due_seconds = now + TOKEN_REFRESH_SECONDS
+        if lasts_seconds is not None:
+            self._login_due_seconds = now + lasts_seconds
+
+    async def _log_in(self, miner: Any) -> float | None:
+        """One login through pyasic's own calls: how long it lasts, None if refused."""
+        if self._firmware is FirmwareKind.BRAIINS:
+            web = miner.web  # the kept client's login goes over its connection
+            await web._get_auth()
+            return TOKEN_REFRESH_SECONDS if web.token is not None else None
+        rpc = miner.rpc  # LuxOS: pyasic's session / logon, kept in the client
+        if rpc.session_token is None:
+            await rpc.auth()
+        if self._luxos_presets is None:
+            await self._luxos_profile_names(miner)
+        return math.inf if rpc.session_token is not None else None
 
     async def close(self) -> None:
         """Close the gRPC connection kept for this miner, if any."""
@@ -415,13 +429,17 @@ class PyasicDriver:
         except Exception as exc:
             raise _Failure(classify_exception(exc), f"{what}: {self._describe(exc)}") from None
 
-    def _forget_session(self) -> None:
-        # LuxOS: pyasic caches the session id forever; after a reboot or logoff the
-        # miner refuses it, so drop it before the next attempt (pyasic re-logs on).
+    def _forget_session(self) -> bool:
+        """LuxOS: pyasic caches the session id forever; after a reboot or logoff the
+        miner refuses it, so drop it before the next attempt (pyasic logs on again).
+        Whether there was one to drop."""
         self._luxos_presets = None  # after a firmware update the names may differ
+        self._login_due_seconds = -math.inf  # and the next read logs on ahead again
         rpc = getattr(self._miner, "rpc", None)
         if rpc is not None and getattr(rpc, "session_token", None) is not None:
             rpc.session_token = None
+            return True
+        return False
 
     async def _login_once(self, miner: Any) -> None:
         # BOSer: pyasic's get_data fires one gRPC Login per call when no token is
@@ -489,12 +507,12 @@ class PyasicDriver:
     async def read_state(self) -> MinerState:
         try:
             include = self.read_include
-            if self._firmware is not FirmwareKind.BRAIINS:
-                return await self._read(include, self._settings.read_timeout_seconds)
+            read = (self._read_braiins(include) if self._firmware is FirmwareKind.BRAIINS
+                    else self._read(include, self._settings.read_timeout_seconds))
             if self._login_due():
-                state, _ = await asyncio.gather(self._read_braiins(include), self._log_in_ahead())
+                state, _ = await asyncio.gather(read, self._log_in_ahead())
                 return state
-            return await self._read_braiins(include)
+            return await read
         except Exception as exc:  # belt and braces: mapping bugs must not escape either
             return unreachable(self._miner_id, self._clock.monotonic(), self._describe(exc))
 
@@ -599,15 +617,9 @@ class PyasicDriver:
         At 10,000 miners a LuxOS cut was the slowest command (p50 1.3 s in `scale`)."""
         from pyasic.errors import APIError  # pyasic is loaded: this miner came from it
 
-        presets = self._luxos_presets
-        if presets is None:
-            config = await miner.get_config()
-            available = getattr(getattr(config, "mining_mode", None), "available_presets", None)
-            if not available:
-                return await miner.set_power_limit(watts)  # pyasic says why, and refuses
-            presets = {int(p.power): str(p.name) for p in available
-                       if p.power is not None and p.name is not None}
-            self._luxos_presets = presets
+        presets = self._luxos_presets or await self._luxos_profile_names(miner)
+        if not presets:
+            return await miner.set_power_limit(watts)  # pyasic says why, and refuses
         profile_watts = quantised_watts(watts, tuple(presets))
         if profile_watts is None:
             return False  # as pyasic: no profile at or below the request
@@ -627,6 +639,16 @@ class PyasicDriver:
             return reply["PROFILE"][0]["Profile"] == name
         except (LookupError, TypeError):
             return False
+
+    async def _luxos_profile_names(self, miner: Any) -> dict[int, str] | None:
+        """Profile watts -> name, from pyasic's config read; kept (None: none found)."""
+        config = await miner.get_config()
+        available = getattr(getattr(config, "mining_mode", None), "available_presets", None)
+        if not available:
+            return None
+        self._luxos_presets = {int(p.power): str(p.name) for p in available
+                               if p.power is not None and p.name is not None}
+        return self._luxos_presets
 
     async def stop(self) -> CommandResult:
         return await _completed(await self.send_stop())
@@ -720,7 +742,15 @@ class PyasicDriver:
                 await self._clock.sleep(s.retry_backoff_seconds * 2 ** (attempt - 1))
             try:
                 miner = await self._ensure_miner()
-                accepted = await self._call(s.command_timeout_seconds, kind.value, functools.partial(send, miner))
+                call = functools.partial(
+                    self._call, s.command_timeout_seconds, kind.value, functools.partial(send, miner)
+                )
+                accepted = await call()
+                if accepted is not True and self._forget_session():
+                    # pyasic's LuxOS stop/resume say False for any APIError, a session the
+                    # firmware dropped (a reboot, a logoff elsewhere) included, and would
+                    # keep sending the dead one: log on again once before calling it refused
+                    accepted = await call()
             except _Failure as failure:
                 if failure.outcome is CommandOutcome.REJECTED and not _session_problem(failure.detail):
                     return self._result(
@@ -797,6 +827,9 @@ def classify_exception(exc: BaseException) -> CommandOutcome:
     if isinstance(exc, APIError) and exc.__cause__ is None and "Decode Error" not in str(exc):
         return CommandOutcome.REJECTED
     return CommandOutcome.ERROR
+
+
+_LOGS_IN = frozenset({FirmwareKind.BRAIINS, FirmwareKind.LUXOS})  # firmware _log_in knows
 
 
 def _session_problem(detail: str) -> bool:

@@ -131,6 +131,64 @@ async def test_luxos_limits_read_the_profiles_once_and_keep_atm(luxos_site: Site
     assert config_reads == 1  # profile names asked once, not on every cut
 
 
+def _record_rpc(pyasic_miner: Any) -> list[str]:
+    """Every RPC command the pyasic object sends (multicommands joined with '+')."""
+    sent: list[str] = []
+    rpc = pyasic_miner.rpc
+    real_send = rpc.send_command
+
+    async def send_command(command: str, *args: Any, **kwargs: Any) -> Any:
+        sent.append(command)
+        return await real_send(command, *args, **kwargs)
+
+    rpc.send_command = send_command
+    return sent
+
+
+async def test_luxos_first_read_logs_on_and_learns_the_profiles_so_no_command_has_to(
+    luxos_site: Site,
+) -> None:
+    driver = luxos_site.drivers[0]
+    miner = await driver.pyasic_miner()
+    sent = _record_rpc(miner)
+    assert (await driver.read_state()).reachable
+    assert miner.rpc.session_token is not None
+    assert "logon" in sent and any("tempctrl" in c for c in sent)
+    sent.clear()
+    assert (await driver.read_state()).reachable
+    assert (await driver.stop()).outcome is CommandOutcome.OK
+    assert (await driver.set_power_limit(2600)).applied_watts == 2500
+    assert (await driver.resume()).outcome is CommandOutcome.OK
+    assert not {"session", "logon"} & set(sent)
+    assert not any("tempctrl" in c for c in sent)  # pyasic's config read came with the first read
+
+
+async def test_luxos_a_session_the_firmware_dropped_is_replaced_not_a_refusal(
+    luxos_site: Site,
+) -> None:
+    """pyasic's LuxOS stop and resume answer False for any error, an invalid
+    session included, and keep the dead session forever: a rebooted miner would
+    refuse every stop. The driver logs on again once before calling it refused,
+    and the next read learns the profile names again ahead of the next cut."""
+    driver = luxos_site.drivers[0]
+    sim_miner = luxos_site.sim.miners[driver.address]
+    miner = await driver.pyasic_miner()
+    assert (await driver.read_state()).reachable
+    firmware = luxos_site.sim._servers[driver.address].firmware  # type: ignore[attr-defined]
+    firmware.session_id = ""  # the firmware forgot it (a reboot, a logoff elsewhere)
+    assert (await driver.stop()).outcome is CommandOutcome.OK
+    assert sim_miner.is_sleeping
+    assert miner.rpc.session_token == firmware.session_id != ""
+    firmware.session_id = ""
+    assert (await driver.resume()).outcome is CommandOutcome.OK
+    sent = _record_rpc(miner)
+    assert (await driver.read_state()).reachable
+    assert any("tempctrl" in c for c in sent)  # pyasic's config read: the profile names
+    sent.clear()
+    assert (await driver.set_power_limit(2600)).applied_watts == 2500
+    assert not any("tempctrl" in c for c in sent) and "logon" not in sent
+
+
 async def test_power_limit_below_range_is_rejected(site: Site) -> None:
     result = await site.drivers[0].set_power_limit(500)
     assert result.outcome is CommandOutcome.REJECTED

@@ -183,6 +183,29 @@ async def test_luxos_no_profile_below_request_is_rejected_without_sending() -> N
     assert "set_power_limit" not in fake.calls
 
 
+async def test_luxos_false_with_a_session_held_logs_on_again_once_before_it_is_refused() -> None:
+    """pyasic's LuxOS stop says False for any APIError, a dead session included."""
+    fake = FakeMiner()
+    fake.rpc.session_token = "dead"  # type: ignore[attr-defined]
+    answers = [False, True]
+
+    async def stop_mining() -> bool:
+        fake.calls.append("stop")
+        accepted = answers.pop(0) if answers else False
+        fake.mining = fake.mining and not accepted
+        return accepted
+
+    fake.stop_mining = stop_mining  # type: ignore[method-assign]
+    driver = _driver(fake, firmware="luxos")
+    assert (await driver.stop()).ok
+    assert fake.calls.count("stop") == 2
+    assert fake.rpc.session_token is None  # type: ignore[attr-defined]  # pyasic logs on next time
+    fake.mining = True
+    refused = await driver.stop()  # no session to drop: the firmware's own no
+    assert refused.outcome is CommandOutcome.REJECTED
+    assert fake.calls.count("stop") == 3
+
+
 async def test_ignored_command_is_unverified() -> None:
     fake = FakeMiner()
     fake.obey = False
