@@ -434,12 +434,12 @@ class PyasicDriver:
         miner refuses it, so drop it before the next attempt (pyasic logs on again).
         Whether there was one to drop."""
         self._luxos_presets = None  # after a firmware update the names may differ
-        self._login_due_seconds = -math.inf  # and the next read logs on ahead again
         rpc = getattr(self._miner, "rpc", None)
-        if rpc is not None and getattr(rpc, "session_token", None) is not None:
-            rpc.session_token = None
-            return True
-        return False
+        if rpc is None or getattr(rpc, "session_token", None) is None:
+            return False
+        rpc.session_token = None
+        self._login_due_seconds = -math.inf  # the next read logs on ahead again
+        return True
 
     async def _login_once(self, miner: Any) -> None:
         # BOSer: pyasic's get_data fires one gRPC Login per call when no token is

@@ -249,6 +249,20 @@ async def test_a_failed_login_ahead_leaves_the_read_alone_and_is_retried_a_minut
         assert web.token is not None
 
 
+async def test_failed_commands_do_not_make_the_next_read_log_in_again() -> None:
+    """Only a LuxOS session the firmware dropped calls for a new login; a BOSer
+    command that failed (here: timed out) leaves the token alone."""
+    async with braiins_miner() as (sim, driver):
+        traffic = _record(await driver.pyasic_miner())
+        assert (await driver.read_state()).reachable
+        sim.set_fault(driver.address, faults.BLACKHOLE)
+        assert (await driver.stop()).outcome is CommandOutcome.TIMEOUT
+        sim.clear_fault(driver.address)
+        assert (await driver.read_state()).reachable
+        assert (await driver.stop()).outcome is CommandOutcome.OK
+        assert traffic.logins == 1
+
+
 async def test_without_keeping_the_first_read_still_logs_in_on_its_own_connection() -> None:
     async with braiins_miner(dataclasses.replace(SETTINGS, keep_grpc_connections=False)) as (_, driver):
         traffic = _record(await driver.pyasic_miner())
