@@ -25,6 +25,8 @@ connection per call, as before.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from datetime import datetime
 from typing import Any
 
@@ -82,22 +84,17 @@ class KeptChannelWebAPI(BOSerWebAPI):  # type: ignore[misc]  # pyasic is untyped
                 raise APIError(f"Command not found - {command}")
             return {}
         try:
-            try:
-                return (await endpoint(parameters["message"], metadata=metadata)).to_pydict()  # type: ignore[no-any-return]
-            except GRPCError as exc:
-                if exc.status != Status.UNAUTHENTICATED:
-                    raise
-                await self._get_auth()  # the token expired early: log in once, as pyasic does
-                metadata = [("authorization", await self.auth())]
-                return (await endpoint(parameters["message"], metadata=metadata)).to_pydict()  # type: ignore[no-any-return]
-        except GRPCError as exc:  # the miner answered: the connection is fine
+            with self._kept_unless_broken():
+                try:
+                    return (await endpoint(parameters["message"], metadata=metadata)).to_pydict()  # type: ignore[no-any-return]
+                except GRPCError as exc:
+                    if exc.status != Status.UNAUTHENTICATED:
+                        raise
+                    await self._get_auth()  # the token expired early: log in once, as pyasic does
+                    metadata = [("authorization", await self.auth())]
+                    return (await endpoint(parameters["message"], metadata=metadata)).to_pydict()  # type: ignore[no-any-return]
+        except (GRPCError, ConnectionError) as exc:  # as pyasic reports them
             raise APIError(f"gRPC command failed - {command}") from exc
-        except ConnectionError as exc:
-            self._drop()
-            raise APIError(f"gRPC command failed - {command}") from exc
-        except BaseException:  # a timeout or cancel mid-call: the stream state is unknown
-            self._drop()
-            raise
 
     async def _get_auth(self) -> str | None:
         """pyasic's Login, over the kept connection: the token comes in the reply's
@@ -109,7 +106,7 @@ class KeptChannelWebAPI(BOSerWebAPI):  # type: ignore[misc]  # pyasic is untyped
         if channel is None:  # none to spare: pyasic's own login on its own connection
             return await super()._get_auth()  # type: ignore[no-any-return]
         request = LoginRequest(username=self.username, password=self.pwd)
-        try:
+        with self._kept_unless_broken():
             async with channel.request(
                 self.LOGIN_PATH, Cardinality.UNARY_UNARY, LoginRequest, LoginResponse
             ) as stream:
@@ -119,15 +116,24 @@ class KeptChannelWebAPI(BOSerWebAPI):  # type: ignore[misc]  # pyasic is untyped
                 token = metadata.get("authorization") if metadata is not None else None
                 await stream.recv_message()
                 await stream.recv_trailing_metadata()  # a refused login raises GRPCError here
-        except GRPCError:  # the miner answered: the connection is fine
-            raise
-        except BaseException:  # refused, reset, timed out or cancelled
-            self._drop()
-            raise
         if isinstance(token, str):
             self.token, self._auth_time = token, datetime.now()
             return token
         return None
+
+    @contextlib.contextmanager
+    def _kept_unless_broken(self) -> Iterator[None]:
+        """One call on the kept connection. A gRPC error the miner sent back leaves
+        the connection up; anything else (refused, reset, a timeout or cancel
+        mid-call: the stream state is unknown) closes it, so the retry and every
+        later call start on a fresh one."""
+        try:
+            yield
+        except GRPCError:
+            raise
+        except BaseException:
+            self._drop()
+            raise
 
     def _channel_or_none(self) -> Channel | None:
         if self._channel is None and self._allowance.take():
