@@ -100,16 +100,7 @@ def _steps(view: MinerView, action: str, target_watts: int | None) -> tuple[Comm
 
 
 def _sheds(view: MinerView, action: str, target_watts: int | None) -> bool:
-    if action == "sleep":
-        return True
-    if not view.is_on:
-        return False
-    current = (
-        view.power_limit_watts
-        if view.power_limit_watts is not None
-        else view.model.max_target_watts
-    )
-    return target_watts is not None and target_watts < current
+    return action == "sleep" or view.is_cut_by(target_watts)
 
 
 def _heads_to_watts(work: MinerCommands) -> float:

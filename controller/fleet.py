@@ -78,6 +78,18 @@ class MinerView:
             return max(measured, float(target))
         return max(measured, float(self.model.sleep_watts))
 
+    def is_cut_by(self, target_watts: int | None) -> bool:
+        """Whether running at ``target_watts`` takes a power-limit command that lowers
+        this miner's target (the actuator's cut; a miner that is off is woken instead)."""
+        if not self.is_on or target_watts is None:
+            return False
+        current = (
+            self.power_limit_watts
+            if self.power_limit_watts is not None
+            else self.model.max_target_watts
+        )
+        return target_watts < current
+
     def commanded_age_seconds(self, now_seconds: float) -> float | None:
         """How long a command newer than the last read has been settling."""
         at = self.commanded_at_seconds

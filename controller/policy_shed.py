@@ -67,6 +67,29 @@ def _draw_after(view: MinerView, mp: MinerPlan, after_seconds: float, now: float
     return _settle(now, mp.planned_watts, view.model.power_tau_seconds, after_seconds)
 
 
+def _cuts_wait_for_stops(the_plan: Plan, views: dict[str, MinerView],
+                         max_batch: int | None) -> frozenset[str]:
+    """The plan's cuts that will not have landed by the deadline: every one of them
+    when its stops alone fill the actuator's batch. Stops go before cuts, so then
+    the cuts wait at least a whole wave of stops, and each cut is itself slower
+    (a target, a readback, a slower settling). At 10,000 miners a trip's ~5,000
+    stops went first, and the draw crossed the grant only once the ~3,000 cuts
+    the plan counted on had landed behind them, seconds later."""
+    if max_batch is None:
+        return frozenset()
+    stops = 0
+    cuts: list[str] = []
+    for mp in the_plan.miners:
+        view = views.get(mp.miner_id)
+        if view is None or not view.controllable:
+            continue
+        if mp.action == "sleep" and view.is_on:
+            stops += 1
+        elif mp.action == "run" and view.is_cut_by(mp.target_watts):
+            cuts.append(mp.miner_id)
+    return frozenset(cuts) if stops >= max_batch else frozenset()
+
+
 def _sleep_instead(view: MinerView, mp: MinerPlan) -> MinerPlan:
     return MinerPlan(mp.miner_id, "sleep", None, float(view.model.sleep_watts), 0.0,
                      FAST_SHED_REASON)
@@ -192,7 +215,10 @@ def fast_shed(the_plan: Plan, fleet: FleetState, deadline_seconds: float,
     than that lands wave after wave, so it is met with the fewest commands instead:
     sleeps only, when they need fewer (a stop takes off ~3x the watts of a deep cut
     by the deadline). A 10,000-miner fleet started over the grant was otherwise
-    given 9,548 deep cuts, a minute of commands for a 0.1 s deadline."""
+    given 9,548 deep cuts, a minute of commands for a 0.1 s deadline. When the
+    plan's stops alone fill a batch, its cuts are counted at the draw they have now
+    (``_cuts_wait_for_stops``): the miners they would have to cover are slept, so
+    the stops, which go first, meet the budget on their own."""
     if deadline_seconds <= 0:
         return the_plan
     views = fleet.by_id()
@@ -200,15 +226,18 @@ def fast_shed(the_plan: Plan, fleet: FleetState, deadline_seconds: float,
     allowance_watts = max(allowance_watts, 0.0)
     deadline_seconds = _after_floor(views, nows, the_plan.budget_watts + allowance_watts,
                                     deadline_seconds)
+    late = _cuts_wait_for_stops(the_plan, views, max_batch)
     expected = {
-        mp.miner_id: _draw_after(views[mp.miner_id], mp, deadline_seconds, nows[mp.miner_id])
+        mp.miner_id: nows[mp.miner_id] if mp.miner_id in late
+        else _draw_after(views[mp.miner_id], mp, deadline_seconds, nows[mp.miner_id])
         for mp in the_plan.miners if mp.miner_id in views
     }
     excess = math.fsum(expected.values()) - the_plan.budget_watts - allowance_watts
     if excess <= 0:
         return the_plan
     candidates = _candidates(the_plan, views, nows, expected, deadline_seconds)
-    chosen = _choose(candidates, excess, cuts_first=True)
+    # behind a wave of stops a deep cut would land late too: sleep instead
+    chosen = _choose(candidates, excess, cuts_first=not late)
     if max_batch is not None and len(chosen) > max_batch:
         fewer = _choose(candidates, excess, cuts_first=False)
         if len(fewer) < len(chosen):

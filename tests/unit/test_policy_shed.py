@@ -222,3 +222,38 @@ def test_a_shed_larger_than_one_wave_of_commands_uses_the_fewest() -> None:
     fewer_deep, fewer_slept = changes(shed)
     assert fewer_deep == 0 and 0 < fewer_slept < deep
     assert _expected(shed, fleet, 1.0) <= budget
+
+
+def test_cuts_behind_a_full_batch_of_stops_are_not_counted_on() -> None:
+    """The actuator sends stops before cuts, so when a drop's stops alone fill a
+    batch its cuts land a wave or more later: by the deadline only the stops count,
+    and the miners the cuts would have covered are slept instead (stops go first)."""
+    fleet = FleetState(NOW_SECONDS, tuple(
+        [_mining(i, S19J) for i in range(10)] + [_mining(i + 10, S21) for i in range(10)]))
+    budget = 0.3 * fleet.assumed_watts()
+    base = plan(fleet, budget, CONFIG, NOW_SECONDS)
+    views = fleet.by_id()
+    stops = sum(mp.action == "sleep" for mp in base.miners)
+    assert 0 < stops < 20 and any(views[mp.miner_id].is_cut_by(mp.target_watts)
+                                  for mp in base.miners), "a drop with stops and cuts"
+
+    def slept(p: object) -> int:
+        return sum(mp.action == "sleep" for mp in p.miners)  # type: ignore[attr-defined]
+
+    def expected_without_cuts(p: object) -> float:
+        """Draw at the deadline with every cut still where it is now."""
+        deadline = effective_deadline_seconds(p, fleet, 1.0)  # type: ignore[arg-type]
+        return math.fsum(
+            views[mp.miner_id].assumed_watts if views[mp.miner_id].is_cut_by(mp.target_watts)
+            else _draw_after(views[mp.miner_id], mp, deadline,
+                             _draw_now(views[mp.miner_id], fleet.taken_at_seconds))
+            for mp in p.miners)  # type: ignore[attr-defined]
+
+    unbatched = fast_shed(base, fleet, 1.0)
+    assert fast_shed(base, fleet, 1.0, max_batch=stops + 1).miners == unbatched.miners
+    assert expected_without_cuts(unbatched) > budget  # it counts on its cuts landing in time
+
+    waiting = fast_shed(base, fleet, 1.0, max_batch=stops)
+    assert expected_without_cuts(waiting) <= budget  # the stops alone meet the budget
+    assert slept(waiting) > slept(unbatched)
+    assert DEEP_CUT_REASON not in {mp.reason for mp in waiting.miners}
