@@ -73,7 +73,7 @@ def _cuts_wait_for_stops(the_plan: Plan, views: dict[str, MinerView],
     when its stops alone fill the actuator's batch. Stops go before cuts, so then
     the cuts wait at least a whole wave of stops, and each cut is itself slower
     (a target, a readback, a slower settling). At 10,000 miners a trip's ~5,000
-    stops went first, and the draw crossed the grant only once the ~3,000 cuts
+    stops went first, and the draw crossed the grant only once the ~2,000 cuts
     the plan counted on had landed behind them, seconds later."""
     if max_batch is None:
         return frozenset()
