@@ -244,6 +244,8 @@ class PyasicDriver:
         self._reads_since_detail = zlib.crc32(self._miner_id.encode()) % every
         self._login_due_seconds = -math.inf  # monotonic time of the next login ahead
         self._detect_lock = asyncio.Lock()
+        # BOSer: one login at a time; a login that waited takes a token got meanwhile
+        self._login_lock = asyncio.Lock()
         self._luxos_presets: dict[int, str] | None = None  # profile watts -> name
         self._miner: Any = None
         self._kept_web: Any = None  # BOSer: the KeptChannelWebAPI swapped in at adoption
@@ -351,7 +353,10 @@ class PyasicDriver:
         """One login through pyasic's own calls: how long it lasts, None if refused."""
         if self._firmware is FirmwareKind.BRAIINS:
             web = miner.web  # the kept client's login goes over its connection
-            await web._get_auth()
+            held = web.token
+            async with self._login_lock:
+                if web.token is held:  # else a detail read's get_data just logged in
+                    await web._get_auth()
             return TOKEN_REFRESH_SECONDS if web.token is not None else None
         rpc = miner.rpc  # LuxOS: pyasic's session / logon, kept in the client
         if rpc.session_token is None:
@@ -443,15 +448,19 @@ class PyasicDriver:
 
     async def _login_once(self, miner: Any) -> None:
         # BOSer: pyasic's get_data fires one gRPC Login per call when no token is
-        # cached (no lock); log in once first so they all reuse the token.
+        # cached (no lock); log in once first so they all reuse the token, and not
+        # beside a login ahead already under way (the first read runs both).
         web = getattr(miner, "web", None)
         if (
-            self._firmware is FirmwareKind.BRAIINS
-            and web is not None
-            and getattr(web, "token", "") is None
-            and hasattr(web, "auth")
+            self._firmware is not FirmwareKind.BRAIINS
+            or web is None
+            or getattr(web, "token", "") is not None
+            or not hasattr(web, "auth")
         ):
-            await web.auth()
+            return
+        async with self._login_lock:
+            if web.token is None:
+                await web.auth()
 
     # ------------------------------------------------------------ reads
 

@@ -208,6 +208,18 @@ async def test_the_first_read_logs_in_over_the_kept_connection_so_no_command_has
         assert open_files.KEPT_CONNECTIONS.open_count == before + 1
 
 
+async def test_a_first_read_that_reads_details_logs_in_once() -> None:
+    """A detail read goes through pyasic's get_data, whose gRPC calls log in by
+    themselves when no token is held: the login ahead must not be a second one."""
+    async with braiins_miner(dataclasses.replace(SETTINGS, detail_every_reads=1)) as (_, driver):
+        traffic = _record(await driver.pyasic_miner())
+        state = await driver.read_state()
+        assert state.reachable and state.fan_rpm  # the details were read
+        assert traffic.logins == 1
+        assert (await driver.stop()).outcome is CommandOutcome.OK
+        assert traffic.logins == 1
+
+
 async def test_the_token_is_renewed_alongside_a_read_before_pyasic_would_let_it_expire() -> None:
     clock = ShiftedClock()
     async with braiins_miner(clock=clock) as (_, driver):
